@@ -1,0 +1,496 @@
+//! The CPU backend: weights stay quantized in the memory-mapped GGUF; activations are quantized
+//! to 8-bit blocks so the inner loops are integer dot products.
+
+pub mod kernels;
+pub mod pool;
+
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use marco_quantize::act::{quantize_activations, BlockQ8x32};
+use marco_quantize::dequant::dequantize_row;
+use marco_quantize::dot::{activation_kind, ActKind};
+use marco_quantize::{GgmlType, QK32};
+
+use self::kernels::Kernels;
+use self::pool::{SharedMut, ThreadPool};
+use super::{AttnShape, Backend, BufId, MatJob, WeightId};
+use crate::gguf::GgufFile;
+
+/// A weight as the CPU sees it: a view into the mapped file (matrices) or a dequantized copy
+/// (1-D tensors such as norms and biases, which are tiny and read as f32 every time).
+struct CpuWeight {
+    file: Arc<GgufFile>,
+    tensor: usize,
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    row_bytes: usize,
+    dense: Option<Vec<f32>>,
+}
+
+impl CpuWeight {
+    fn bytes(&self) -> &[u8] {
+        self.file.data_for(&self.file.tensors()[self.tensor])
+    }
+    fn row(&self, r: usize) -> &[u8] {
+        &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    fn dense(&self) -> Result<&[f32]> {
+        self.dense
+            .as_deref()
+            .context("internal: a matrix was used where a vector was expected")
+    }
+}
+
+struct KvCache {
+    max_ctx: usize,
+    kv_dim: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+/// The CPU backend.
+pub struct CpuBackend {
+    pool: ThreadPool,
+    kernels: Kernels,
+    weights: Vec<CpuWeight>,
+    bufs: Vec<Vec<f32>>,
+    act_q8: Vec<BlockQ8x32>,
+    kv: Option<KvCache>,
+    scratch: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// A CPU backend with `n_threads` threads (0: one per available core) and the best kernels
+    /// this CPU supports.
+    pub fn new(n_threads: usize) -> CpuBackend {
+        Self::with_kernels(n_threads, Kernels::detect())
+    }
+
+    /// A CPU backend with explicitly chosen kernels (tests force each ISA path).
+    pub fn with_kernels(n_threads: usize, kernels: Kernels) -> CpuBackend {
+        let n_threads = if n_threads == 0 {
+            default_threads()
+        } else {
+            n_threads
+        };
+        CpuBackend {
+            pool: ThreadPool::new(n_threads),
+            kernels,
+            weights: Vec::new(),
+            bufs: Vec::new(),
+            act_q8: Vec::new(),
+            kv: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn weight(&self, id: WeightId) -> &CpuWeight {
+        &self.weights[id.0]
+    }
+
+    fn buf_ptr(&mut self, id: BufId, len: usize) -> Result<SharedMut<f32>> {
+        let b = &mut self.bufs[id.0];
+        ensure!(len <= b.len(), "internal: buffer {} too small", id.0);
+        Ok(SharedMut(b.as_mut_ptr()))
+    }
+}
+
+/// Threads used when the user does not say: the available cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({}, {} thread{})",
+            self.kernels.name(),
+            self.pool.n_threads(),
+            if self.pool.n_threads() == 1 { "" } else { "s" }
+        )
+    }
+
+    fn load_weight(&mut self, file: &Arc<GgufFile>, name: &str) -> Result<WeightId> {
+        let tensor = file
+            .tensors()
+            .iter()
+            .position(|t| t.name == name)
+            .with_context(|| format!("{}: missing tensor '{name}'", file.path_display()))?;
+        let info = &file.tensors()[tensor];
+        ensure!(
+            info.dims.len() <= 2,
+            "{}: tensor '{name}' has {} dimensions, expected 1 or 2",
+            file.path_display(),
+            info.dims.len()
+        );
+        let cols = info.row_len() as usize;
+        let rows = info.n_rows() as usize;
+        let row_bytes =
+            info.ty
+                .row_bytes(cols as u64)
+                .context("internal: row size was validated by the reader")? as usize;
+        let dense = if info.dims.len() == 1 {
+            let mut v = vec![0.0f32; cols];
+            dequantize_row(info.ty, file.data_for(info), &mut v);
+            Some(v)
+        } else {
+            let is_supported = matches!(activation_kind(info.ty), ActKind::F32) || cols % QK32 == 0;
+            ensure!(
+                is_supported,
+                "{}: tensor '{name}' rows of {cols} are not a multiple of {QK32}",
+                file.path_display()
+            );
+            None
+        };
+        self.weights.push(CpuWeight {
+            file: Arc::clone(file),
+            tensor,
+            ty: info.ty,
+            cols,
+            rows,
+            row_bytes,
+            dense,
+        });
+        Ok(WeightId(self.weights.len() - 1))
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<BufId> {
+        self.bufs.push(vec![0.0; len]);
+        Ok(BufId(self.bufs.len() - 1))
+    }
+
+    fn alloc_kv_cache(&mut self, n_layer: usize, max_ctx: usize, kv_dim: usize) -> Result<()> {
+        self.kv = Some(KvCache {
+            max_ctx,
+            kv_dim,
+            k: (0..n_layer).map(|_| vec![0.0; max_ctx * kv_dim]).collect(),
+            v: (0..n_layer).map(|_| vec![0.0; max_ctx * kv_dim]).collect(),
+        });
+        self.scratch = vec![0.0; self.pool.n_threads() * max_ctx];
+        Ok(())
+    }
+
+    fn embed(&mut self, table: WeightId, ids: &[u32], out: BufId) -> Result<()> {
+        let w = &self.weights[table.0];
+        let out = &mut self.bufs[out.0];
+        for (t, &id) in ids.iter().enumerate() {
+            ensure!(
+                (id as usize) < w.rows,
+                "token id {id} is outside the vocabulary ({} tokens)",
+                w.rows
+            );
+            dequantize_row(
+                w.ty,
+                w.row(id as usize),
+                &mut out[t * w.cols..(t + 1) * w.cols],
+            );
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, src: BufId, src_off: usize, dst: BufId, len: usize) -> Result<()> {
+        let tmp = std::mem::take(&mut self.bufs[src.0]);
+        self.bufs[dst.0][..len].copy_from_slice(&tmp[src_off..src_off + len]);
+        self.bufs[src.0] = tmp;
+        Ok(())
+    }
+
+    fn rms_norm(
+        &mut self,
+        x: BufId,
+        weight: WeightId,
+        eps: f32,
+        n_tokens: usize,
+        width: usize,
+        out: BufId,
+    ) -> Result<()> {
+        ensure!(out != x, "internal: rms_norm output aliases its input");
+        let w = self.weights[weight.0].dense()?;
+        let mut normed = std::mem::take(&mut self.bufs[out.0]);
+        let xs = &self.bufs[x.0][..n_tokens * width];
+        for (row, dst) in xs.chunks_exact(width).zip(normed.chunks_exact_mut(width)) {
+            let scale = rms_scale(row, eps);
+            for ((d, &v), &g) in dst.iter_mut().zip(row).zip(w) {
+                *d = v * scale * g;
+            }
+        }
+        self.bufs[out.0] = normed;
+        Ok(())
+    }
+
+    fn matmul(&mut self, x: BufId, n_tokens: usize, jobs: &[MatJob]) -> Result<()> {
+        ensure!(!jobs.is_empty() && jobs.len() <= 4, "internal: 1 to 4 jobs");
+        let cols = self.weight(jobs[0].weight).cols;
+        ensure!(
+            jobs.iter()
+                .all(|j| self.weight(j.weight).cols == cols && j.out != x),
+            "internal: matmul jobs must share the input width"
+        );
+        let xs = std::mem::take(&mut self.bufs[x.0]);
+        let needs_q8 = jobs
+            .iter()
+            .any(|j| activation_kind(self.weight(j.weight).ty) == ActKind::Q8);
+        if needs_q8 {
+            let nb = cols / QK32;
+            if self.act_q8.len() < n_tokens * nb {
+                self.act_q8.resize(n_tokens * nb, BlockQ8x32::default());
+            }
+            for t in 0..n_tokens {
+                quantize_activations(
+                    &xs[t * cols..(t + 1) * cols],
+                    &mut self.act_q8[t * nb..(t + 1) * nb],
+                );
+            }
+        }
+        let mut outs = [SharedMut(std::ptr::null_mut()); 4];
+        for (i, j) in jobs.iter().enumerate() {
+            let rows = self.weight(j.weight).rows;
+            outs[i] = self.buf_ptr(j.out, rows * n_tokens)?;
+        }
+        let plan = RowPlan::new(
+            jobs.iter().map(|j| self.weight(j.weight).rows),
+            self.pool.n_threads(),
+        );
+        let ctx = MatCtx {
+            weights: &self.weights,
+            jobs,
+            outs: &outs,
+            x: &xs[..n_tokens * cols],
+            xq: &self.act_q8,
+            n_tokens,
+            kernels: &self.kernels,
+        };
+        self.pool.run(plan.n_tasks(), &|task, _| {
+            let (job, r0, r1) = plan.task(task);
+            ctx.run_rows(job, r0, r1);
+        });
+        self.bufs[x.0] = xs;
+        Ok(())
+    }
+
+    fn rope(
+        &mut self,
+        buf: BufId,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        freq_base: f32,
+    ) -> Result<()> {
+        let data = &mut self.bufs[buf.0];
+        let half = head_dim / 2;
+        for t in 0..n_tokens {
+            let pos = (pos0 + t) as f64;
+            for i in 0..half {
+                let inv_freq = (freq_base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let (sin, cos) = ((pos * inv_freq) as f32).sin_cos();
+                for h in 0..n_heads {
+                    let base = (t * n_heads + h) * head_dim;
+                    let (a, b) = (data[base + i], data[base + i + half]);
+                    data[base + i] = a * cos - b * sin;
+                    data[base + i + half] = a * sin + b * cos;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        q: BufId,
+        k: BufId,
+        v: BufId,
+        out: BufId,
+        n_tokens: usize,
+        pos0: usize,
+        shape: AttnShape,
+    ) -> Result<()> {
+        let q_width = shape.n_head * shape.head_dim;
+        let out_ptr = self.buf_ptr(out, n_tokens * q_width)?;
+        let kv = self
+            .kv
+            .as_mut()
+            .context("internal: KV cache not allocated")?;
+        let kv_dim = kv.kv_dim;
+        ensure!(
+            pos0 + n_tokens <= kv.max_ctx,
+            "context full: {} tokens exceed the context of {}",
+            pos0 + n_tokens,
+            kv.max_ctx
+        );
+        let range = pos0 * kv_dim..(pos0 + n_tokens) * kv_dim;
+        kv.k[layer][range.clone()].copy_from_slice(&self.bufs[k.0][..n_tokens * kv_dim]);
+        kv.v[layer][range].copy_from_slice(&self.bufs[v.0][..n_tokens * kv_dim]);
+        let scratch = SharedMut(self.scratch.as_mut_ptr());
+        let max_ctx = kv.max_ctx;
+        let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let qs = &self.bufs[q.0];
+        let group = shape.n_head / shape.n_head_kv;
+        let hd = shape.head_dim;
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.pool.run(n_tokens * shape.n_head, &|task, worker| {
+            let (t, h) = (task / shape.n_head, task % shape.n_head);
+            let n_ctx = pos0 + t + 1;
+            let kv_off = (h / group) * hd;
+            let qv = &qs[t * q_width + h * hd..][..hd];
+            // SAFETY: each worker owns its scratch row; each task owns its output head.
+            let scores = unsafe { scratch.slice(worker * max_ctx, n_ctx) };
+            let dst = unsafe { out_ptr.slice(t * q_width + h * hd, hd) };
+            for (j, s) in scores.iter_mut().enumerate() {
+                let kr = &kc[j * kv_dim + kv_off..][..hd];
+                *s = kernels::dot_f32(qv, kr) * scale;
+            }
+            softmax_in_place(scores);
+            dst.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let vr = &vc[j * kv_dim + kv_off..][..hd];
+                for (d, &vv) in dst.iter_mut().zip(vr) {
+                    *d += p * vv;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn swiglu(&mut self, gate: BufId, up: BufId, len: usize, out: BufId) -> Result<()> {
+        let g = std::mem::take(&mut self.bufs[gate.0]);
+        let u = std::mem::take(&mut self.bufs[up.0]);
+        let res = if out == gate || out == up {
+            Err(anyhow::anyhow!("internal: swiglu output aliases an input"))
+        } else {
+            let o = &mut self.bufs[out.0];
+            for ((o, &g), &u) in o[..len].iter_mut().zip(&g[..len]).zip(&u[..len]) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+            Ok(())
+        };
+        self.bufs[gate.0] = g;
+        self.bufs[up.0] = u;
+        res
+    }
+
+    fn add(&mut self, x: BufId, y: BufId, len: usize) -> Result<()> {
+        if x == y {
+            bail!("internal: add of a buffer to itself");
+        }
+        let ys = std::mem::take(&mut self.bufs[y.0]);
+        for (a, &b) in self.bufs[x.0][..len].iter_mut().zip(&ys[..len]) {
+            *a += b;
+        }
+        self.bufs[y.0] = ys;
+        Ok(())
+    }
+
+    fn read(&mut self, buf: BufId, offset: usize, dst: &mut [f32]) -> Result<()> {
+        dst.copy_from_slice(&self.bufs[buf.0][offset..offset + dst.len()]);
+        Ok(())
+    }
+
+    fn argmax(&mut self, buf: BufId, offset: usize, len: usize) -> Result<u32> {
+        Ok(crate::generate::argmax(
+            &self.bufs[buf.0][offset..offset + len],
+        ))
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, accumulated in f64 as ggml does.
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    let sum: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    (1.0 / (sum / row.len() as f64 + eps as f64).sqrt()) as f32
+}
+
+fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in v.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    v.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// How the rows of up to four matmul outputs are cut into tasks.
+struct RowPlan {
+    rows: [usize; 4],
+    tasks_before: [usize; 5],
+    rows_per_task: usize,
+}
+
+impl RowPlan {
+    fn new(rows: impl Iterator<Item = usize>, n_threads: usize) -> RowPlan {
+        let mut r = [0usize; 4];
+        for (i, n) in rows.enumerate() {
+            r[i] = n;
+        }
+        let total: usize = r.iter().sum();
+        // Enough tasks per thread that a descheduled thread only delays a small share,
+        // few enough that the per-task overhead stays small.
+        let rows_per_task = (total / (n_threads * 16)).clamp(4, 256);
+        let mut tasks_before = [0usize; 5];
+        for i in 0..4 {
+            tasks_before[i + 1] = tasks_before[i] + r[i].div_ceil(rows_per_task);
+        }
+        RowPlan {
+            rows: r,
+            tasks_before,
+            rows_per_task,
+        }
+    }
+
+    fn n_tasks(&self) -> usize {
+        self.tasks_before[4]
+    }
+
+    /// (job, first row, end row) of a task.
+    fn task(&self, task: usize) -> (usize, usize, usize) {
+        let job = (0..4)
+            .find(|&j| task < self.tasks_before[j + 1])
+            .unwrap_or(3);
+        let r0 = (task - self.tasks_before[job]) * self.rows_per_task;
+        (job, r0, (r0 + self.rows_per_task).min(self.rows[job]))
+    }
+}
+
+struct MatCtx<'a> {
+    weights: &'a [CpuWeight],
+    jobs: &'a [MatJob],
+    outs: &'a [SharedMut<f32>; 4],
+    x: &'a [f32],
+    xq: &'a [BlockQ8x32],
+    n_tokens: usize,
+    kernels: &'a Kernels,
+}
+
+impl MatCtx<'_> {
+    fn run_rows(&self, job: usize, r0: usize, r1: usize) {
+        let j = &self.jobs[job];
+        let w = &self.weights[j.weight.0];
+        let bias = j
+            .bias
+            .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
+        let out = self.outs[job];
+        let nb = w.cols / QK32;
+        let q8 = activation_kind(w.ty) == ActKind::Q8;
+        for r in r0..r1 {
+            let wrow = w.row(r);
+            let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
+            for t in 0..self.n_tokens {
+                let d = if q8 {
+                    self.kernels
+                        .dot_q8(w.ty, wrow, &self.xq[t * nb..(t + 1) * nb])
+                } else {
+                    self.kernels
+                        .dot_f32(w.ty, wrow, &self.x[t * w.cols..(t + 1) * w.cols])
+                };
+                // SAFETY: each task owns rows r0..r1 of this output.
+                unsafe { out.slice(t * w.rows + r, 1)[0] = d + b };
+            }
+        }
+    }
+}
