@@ -119,11 +119,30 @@ fn pre_tokenizer_matches_reference_regex() {
         " ",
         "\n \n \n",
     ];
+    let short = all_short_strings();
     let texts = rows().iter().map(|r| r.text.as_str()).chain(tricky);
-    for text in texts {
+    for text in texts.chain(short.iter().map(String::as_str)) {
         let want: Vec<&str> = regex.find_iter(text).map(|m| m.unwrap().as_str()).collect();
         assert_eq!(tok.pre_tokenize(text), want, "{text:?}");
     }
+}
+
+/// Every string of up to four characters drawn from one representative of each class the
+/// regex distinguishes (newlines, other spaces, letters, digits, punctuation, apostrophes).
+fn all_short_strings() -> Vec<String> {
+    let alphabet = [
+        ' ', '\t', '\n', '\r', '\u{3000}', 'a', 's', 'L', '1', '!', '\'',
+    ];
+    let mut all = vec![String::new()];
+    let mut last = vec![String::new()];
+    for _ in 0..4 {
+        last = last
+            .iter()
+            .flat_map(|s| alphabet.iter().map(move |&c| format!("{s}{c}")))
+            .collect();
+        all.extend(last.iter().cloned());
+    }
+    all
 }
 
 #[test]
@@ -197,28 +216,22 @@ fn stream_decoder_reassembles_multibyte_text() {
 #[test]
 fn stream_decoder_holds_back_a_split_emoji() {
     let tok = qwen();
-    let ids = tok.encode("🤖!", false);
-    // The robot emoji is not one token: its four bytes are spread over several.
-    let first = tok.token_bytes(ids[0]).unwrap();
-    assert!(
-        std::str::from_utf8(first).is_err(),
-        "first token {first:?} should be partial"
-    );
-    let pieces = stream(tok, &ids);
-    let emoji_at = pieces.iter().position(|p| !p.is_empty()).unwrap();
-    assert!(emoji_at > 0);
-    assert_eq!(pieces[emoji_at], "🤖");
-    assert_eq!(pieces.concat(), "🤖!");
+    // From the reference `edge` row "Emoji 🤖🚀 ...": the robot's four bytes are spread over
+    // three tokens, the first being " \xF0\x9F"; the rocket is a single token.
+    let ids = tok.encode(" 🤖🚀", false);
+    assert_eq!(ids, [11162, 97, 244, 145836]);
+    assert_eq!(tok.token_bytes(ids[0]), Some(&b" \xF0\x9F"[..]));
+    assert_eq!(stream(tok, &ids), [" ", "", "🤖", "🚀", ""]);
 
     // Flushing an unfinished character is lossy; a stray continuation byte is replaced at once.
     let mut dec = StreamDecoder::new();
-    assert_eq!(dec.push(tok, ids[0]), "");
+    assert_eq!(dec.push(tok, ids[0]), " ");
     assert_eq!(dec.finish(), "\u{FFFD}");
-    let continuation = tok.token_id("\u{80}").unwrap(); // byte 0x80 in the byte-level alphabet
-    assert_eq!(tok.token_bytes(continuation), Some(&[0x80u8][..]));
+    let continuation = tok.token_id("\u{A4}").unwrap(); // byte 0xA4 stands for itself
+    assert_eq!(tok.token_bytes(continuation), Some(&[0xA4u8][..]));
     assert_eq!(dec.push(tok, continuation), "\u{FFFD}");
-    assert_eq!(dec.push(tok, ids[0]), "");
-    assert_eq!(dec.push(tok, continuation), "\u{FFFD}\u{FFFD}");
+    assert_eq!(dec.push(tok, ids[0]), " ");
+    assert_eq!(dec.push(tok, 11), "\u{FFFD},"); // "," cannot continue the pending F0 9F
     assert_eq!(dec.finish(), "");
 }
 
@@ -240,18 +253,32 @@ fn byte_level_tokens() -> Vec<String> {
 }
 
 /// A tiny valid vocabulary: the 256 bytes, "ab", "abc", a control and a user-defined token.
-fn tiny() -> (Vec<String>, Vec<i32>, Vec<String>) {
+struct Parts {
+    tokens: Vec<String>,
+    types: Vec<i32>,
+    merges: Vec<String>,
+}
+
+fn tiny() -> Parts {
     let mut tokens = byte_level_tokens();
     tokens.extend(["ab", "abc", "<|x|>", "<u>"].map(String::from));
     let mut types = vec![1; 258];
     types.extend([3, 4]);
-    (tokens, types, vec!["a b".into(), "ab c".into()])
+    let merges = vec!["a b".into(), "ab c".into()];
+    Parts {
+        tokens,
+        types,
+        merges,
+    }
+}
+
+fn build(p: Parts, pre: &str) -> anyhow::Result<Tokenizer> {
+    Tokenizer::from_parts(p.tokens, p.types, p.merges, pre)
 }
 
 #[test]
 fn tiny_vocabulary_encodes() {
-    let (tokens, types, merges) = tiny();
-    let tok = Tokenizer::from_parts(tokens, types, merges, "qwen2").unwrap();
+    let tok = build(tiny(), "qwen2").unwrap();
     assert_eq!(tok.encode("abc", false), [257]);
     assert_eq!(tok.encode("abab", false), [256, 256]);
     assert_eq!(tok.encode("<|x|>", true), [258]);
@@ -260,73 +287,63 @@ fn tiny_vocabulary_encodes() {
     assert_eq!(tok.decode(&[258, 257, 259]), "<|x|>abc<u>");
 }
 
-fn error_of(tokens: Vec<String>, types: Vec<i32>, merges: Vec<String>, pre: &str) -> String {
-    match Tokenizer::from_parts(tokens, types, merges, pre) {
+fn error_of(p: Parts, pre: &str) -> String {
+    match build(p, pre) {
         Ok(_) => panic!("malformed input was accepted"),
         Err(e) => format!("{e:#}"),
     }
 }
 
+fn push_token(p: &mut Parts, token: &str, ty: i32) {
+    p.tokens.push(token.into());
+    p.types.push(ty);
+}
+
 #[test]
 fn from_parts_rejects_malformed_input() {
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut Vec<String>, &mut Vec<i32>, &mut Vec<String>)>,
-    )> = vec![
+    type Corrupt = fn(&mut Parts);
+    let cases: [(&str, Corrupt); 9] = [
         (
             "tokenizer.ggml.token_type: expected one type per token",
-            Box::new(|_, ty, _| {
-                ty.pop();
-            }),
+            |p| {
+                p.types.pop();
+            },
         ),
-        (
-            "token_type[3]: expected a type from 1 to 6, got 9",
-            Box::new(|_, ty, _| ty[3] = 9),
-        ),
-        (
-            "duplicate token \"ab\" at indices 256 and 260",
-            Box::new(|t, ty, _| {
-                t.push("ab".into());
-                ty.push(1);
-            }),
-        ),
-        (
-            "byte token \"<0xZZ>\"",
-            Box::new(|t, ty, _| {
-                t.push("<0xZZ>".into());
-                ty.push(6);
-            }),
-        ),
+        ("token_type[3]: expected a type from 1 to 6, got 9", |p| {
+            p.types[3] = 9
+        }),
+        ("duplicate token \"ab\" at indices 256 and 260", |p| {
+            push_token(p, "ab", 1)
+        }),
+        ("byte token \"<0xZZ>\"", |p| push_token(p, "<0xZZ>", 6)),
         (
             "merges[1] (\"abc\"): expected two tokens separated by one space",
-            Box::new(|_, _, m| m[1] = "abc".into()),
+            |p| p.merges[1] = "abc".into(),
         ),
-        (
-            "merges[0] (\"a q z\")",
-            Box::new(|_, _, m| m[0] = "a q z".into()),
-        ),
-        (
-            "token \"zz\" is not in tokenizer.ggml.tokens",
-            Box::new(|_, _, m| m[0] = "a zz".into()),
-        ),
-        (
-            "token \"ba\" is not in tokenizer.ggml.tokens",
-            Box::new(|_, _, m| m[0] = "b a".into()),
-        ),
-        ("for byte 0x61", Box::new(|t, _, _| t[0x61] = "nope".into())),
+        ("merges[0] (\"a q z\")", |p| p.merges[0] = "a q z".into()),
+        ("token \"zz\" is not in tokenizer.ggml.tokens", |p| {
+            p.merges[0] = "a zz".into()
+        }),
+        ("token \"ba\" is not in tokenizer.ggml.tokens", |p| {
+            p.merges[0] = "b a".into()
+        }),
+        ("for byte 0x61", |p| p.tokens[0x61] = "nope".into()),
     ];
     for (want, corrupt) in cases {
-        let (mut tokens, mut types, mut merges) = tiny();
-        corrupt(&mut tokens, &mut types, &mut merges);
-        let err = error_of(tokens, types, merges, "qwen2");
+        let mut parts = tiny();
+        corrupt(&mut parts);
+        let err = error_of(parts, "qwen2");
         assert!(err.contains(want), "expected {want:?} in {err:?}");
     }
-    let (tokens, types, merges) = tiny();
-    let err = error_of(tokens, types, merges, "llama3");
+    let err = error_of(tiny(), "llama3");
     assert!(
         err.contains("tokenizer.ggml.pre") && err.contains("\"llama3\""),
         "{err}"
     );
-    let err = error_of(vec![], vec![], vec![], "qwen2");
-    assert!(err.contains("non-empty"), "{err}");
+    let empty = Parts {
+        tokens: vec![],
+        types: vec![],
+        merges: vec![],
+    };
+    assert!(error_of(empty, "qwen2").contains("non-empty"));
 }

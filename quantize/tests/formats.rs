@@ -4,6 +4,7 @@ use marco_quantize::act::{dequantize_activations, quantize_activations, BlockQ8x
 use marco_quantize::blocks::*;
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, vec_dot_f32, vec_dot_q8, ActKind};
+use marco_quantize::quants::{quantize_row, quantize_row_weighted};
 use marco_quantize::GgmlType;
 
 /// Small deterministic PRNG (splitmix64): no dev-dependencies needed.
@@ -598,4 +599,223 @@ fn short_inputs_do_not_panic_in_release() {
         let _ = vec_dot_q8(ty, &row, &xq);
         let _ = vec_dot_f32(ty, &row[..5], &[1.0; 7]);
     }
+}
+
+// ---------------------------------------------------------------- quantizers
+
+/// All types `quantize_row` supports.
+const QUANTIZABLE: [GgmlType; 15] = GgmlType::ALL;
+
+/// ggml's test-quantize-fns synthetic data: `0.1 + 2 cos(i + offset)`.
+fn synthetic(offset: f32, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| 0.1 + 2.0 * (i as f32 + offset).cos())
+        .collect()
+}
+
+fn quantize(ty: GgmlType, x: &[f32], qw: Option<&[f32]>) -> Vec<u8> {
+    let mut q = vec![0xA5u8; ty.row_bytes(x.len() as u64).unwrap() as usize];
+    quantize_row_weighted(ty, x, qw, &mut q);
+    q
+}
+
+/// ggml's test-quantize-fns "RMSE": sqrt(Σ d²) / n.
+fn ggml_rmse(a: &[f32], b: &[f32]) -> f64 {
+    let sum: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+        .sum();
+    sum.sqrt() / a.len() as f64
+}
+
+/// ggml's thresholds for the round-trip error.
+fn max_roundtrip_error(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::Q2_K => 0.0075,
+        GgmlType::Q3_K => 0.0040,
+        _ => 0.002,
+    }
+}
+
+#[test]
+fn quantize_roundtrip_error() {
+    const N: usize = 32 * 128;
+    let x = synthetic(0.0, N);
+    let ones = vec![1.0f32; N];
+    for ty in QUANTIZABLE {
+        for qw in [None, Some(&ones[..])] {
+            let y = dequant(ty, &quantize(ty, &x, qw), N);
+            let err = ggml_rmse(&x, &y);
+            assert!(
+                err < max_roundtrip_error(ty),
+                "{ty} (importance {}): {err}",
+                qw.is_some()
+            );
+        }
+    }
+}
+
+/// Dot of quantized weights with the activations in the form the weight type wants.
+fn quantized_dot(ty: GgmlType, w: &[u8], x: &[f32]) -> f64 {
+    match activation_kind(ty) {
+        ActKind::F32 => vec_dot_f32(ty, w, x) as f64,
+        ActKind::Q8 => {
+            let mut xq = vec![BlockQ8x32::default(); x.len() / 32];
+            quantize_activations(x, &mut xq);
+            vec_dot_q8(ty, w, &xq) as f64
+        }
+    }
+}
+
+#[test]
+fn quantized_dot_error() {
+    const N: usize = 32 * 128;
+    let (w, x) = (synthetic(0.0, N), synthetic(1.0, N));
+    let exact: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    for ty in QUANTIZABLE {
+        let err = (quantized_dot(ty, &quantize(ty, &w, None), &x) - exact).abs() / N as f64;
+        let max = if ty == GgmlType::Q2_K { 0.04 } else { 0.02 };
+        assert!(err < max, "{ty}: dot error {err}");
+    }
+}
+
+#[test]
+fn importance_lowers_weighted_error() {
+    // Rows of noisy data where a few columns matter much more than the rest: the weighted
+    // quantizers must not do worse on the importance-weighted error than the plain ones.
+    const N: usize = 1024;
+    let mut rng = Rng(11);
+    let qw: Vec<f32> = (0..N)
+        .map(|i| if i % 7 == 0 { 50.0 } else { 0.1 })
+        .collect();
+    let werr = |x: &[f32], y: &[f32]| -> f64 {
+        x.iter()
+            .zip(y)
+            .zip(&qw)
+            .map(|((&a, &b), &w)| w as f64 * (a as f64 - b as f64).powi(2))
+            .sum()
+    };
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        let (mut plain, mut weighted) = (0.0, 0.0);
+        for _ in 0..8 {
+            let x: Vec<f32> = (0..N).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            plain += werr(&x, &dequant(ty, &quantize(ty, &x, None), N));
+            weighted += werr(&x, &dequant(ty, &quantize(ty, &x, Some(&qw)), N));
+        }
+        assert!(
+            weighted < plain,
+            "{ty}: weighted {weighted} vs plain {plain}"
+        );
+    }
+}
+
+#[test]
+fn quantize_edge_cases_are_finite() {
+    // All zeros, a single spike, constant rows and tiny values: no NaN scales, and the
+    // round trip of an all-zero row is all zeros.
+    let n = 256;
+    let mut spike = vec![0.0f32; n];
+    spike[77] = -3.0;
+    let cases = [
+        vec![0.0f32; n],
+        spike,
+        vec![0.5; n],
+        vec![-1e-20; n],
+        synthetic(3.0, n),
+    ];
+    for ty in QUANTIZABLE {
+        for (c, x) in cases.iter().enumerate() {
+            for qw in [None, Some(&[1.0f32; 256][..])] {
+                let y = dequant(ty, &quantize(ty, x, qw), n);
+                assert!(y.iter().all(|v| v.is_finite()), "{ty} case {c}");
+                if c == 0 {
+                    assert!(y.iter().all(|&v| v == 0.0), "{ty}: zero row");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_requantization_is_idempotent() {
+    let mut rng = Rng(5);
+    let x: Vec<f32> = (0..4096).map(|_| rng.uniform(-3.0, 3.0)).collect();
+    let q1 = quantize(GgmlType::Q8_0, &x, None);
+    let y = dequant(GgmlType::Q8_0, &q1, x.len());
+    let q2 = quantize(GgmlType::Q8_0, &y, None);
+    assert_eq!(q1, q2);
+    // And the values themselves survive a second round trip unchanged.
+    assert_eq!(dequant(GgmlType::Q8_0, &q2, x.len()), y);
+}
+
+#[test]
+fn quantize_row_is_weighted_without_importance() {
+    let x = synthetic(0.5, 512);
+    for ty in QUANTIZABLE {
+        let mut a = vec![0u8; ty.row_bytes(512).unwrap() as usize];
+        quantize_row(ty, &x, &mut a);
+        assert_eq!(a, quantize(ty, &x, None), "{ty}");
+    }
+}
+
+/// Compare with outputs of ggml's C reference quantizers, dumped by an external harness into
+/// `$MARCO_GGML_DUMP`: `input.f32` (64 rows of 1024 values), `imatrix.f32` (1024 values),
+/// `<TYPE>.bin` (from `quantize_row_*_ref`), `<TYPE>_w.bin` (from `quantize_*` with the
+/// imatrix) and `<TYPE>.deq` (ggml's `dequantize_row_*` of `<TYPE>.bin`, f32).
+/// Run with `MARCO_GGML_DUMP=dir cargo test -p marco-quantize --test formats -- --ignored`.
+#[test]
+#[ignore = "needs a dump from ggml's C code (MARCO_GGML_DUMP)"]
+fn quantize_matches_ggml_dump() {
+    let dir = std::path::PathBuf::from(std::env::var("MARCO_GGML_DUMP").expect("MARCO_GGML_DUMP"));
+    let floats = |name: &str| -> Vec<f32> {
+        let b = std::fs::read(dir.join(name)).unwrap();
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (x, qw) = (floats("input.f32"), floats("imatrix.f32"));
+    let npr = qw.len();
+    let mut failures = Vec::new();
+    for ty in QUANTIZABLE {
+        for (suffix, weighted) in [("", false), ("_w", true)] {
+            let Ok(want) = std::fs::read(dir.join(format!("{ty}{suffix}.bin"))) else {
+                continue;
+            };
+            let rb = ty.row_bytes(npr as u64).unwrap() as usize;
+            let bad = x
+                .chunks_exact(npr)
+                .zip(want.chunks_exact(rb))
+                .filter(|(row, want)| quantize(ty, row, weighted.then_some(&qw[..])) != *want)
+                .count();
+            if bad > 0 {
+                failures.push(format!("{ty}{suffix}: {bad} rows differ"));
+            }
+        }
+        // ggml's dequantize_row_* of its own `<TYPE>.bin`, as f32 bits.
+        let (Ok(q), Ok(deq)) = (
+            std::fs::read(dir.join(format!("{ty}.bin"))),
+            std::fs::read(dir.join(format!("{ty}.deq"))),
+        ) else {
+            continue;
+        };
+        let got: Vec<u8> = dequant(ty, &q, x.len())
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        if got != deq {
+            failures.push(format!("{ty}: dequantization differs"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
 }

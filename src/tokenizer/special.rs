@@ -33,7 +33,7 @@ impl SpecialMatcher {
             }
         }
         for bucket in &mut by_first_byte {
-            bucket.sort_by(|a, b| b.text.len().cmp(&a.text.len()));
+            bucket.sort_by_key(|e| std::cmp::Reverse(e.text.len()));
         }
         SpecialMatcher { by_first_byte }
     }

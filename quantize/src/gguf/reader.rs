@@ -5,7 +5,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use memmap2::Mmap;
 
 use super::parse::{parse_header, Header};
@@ -43,11 +43,11 @@ impl GgufFile {
     /// Memory-map and parse `path`.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let name = path.display().to_string();
-        let file = File::open(path).with_context(|| format!("{name}: cannot open"))?;
+        let file = File::open(path).map_err(|e| anyhow!("{name}: cannot open: {e}"))?;
         // SAFETY: the map is read-only; as with any mmap, a process truncating or rewriting
         // the file while we hold it would change or fault what we read. Model files are not
         // modified in place (our writer replaces them by rename), which is the usual contract.
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{name}: cannot mmap"))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| anyhow!("{name}: cannot mmap: {e}"))?;
         Self::from_backing(name, Backing::Mmap(map))
     }
 

@@ -67,23 +67,16 @@ impl GgufWriter {
     /// must agree with `alignment`.
     pub fn create(
         dest: &Path,
-        mut metadata: Vec<(String, Value)>,
+        metadata: Vec<(String, Value)>,
         tensors: Vec<TensorDecl>,
         alignment: u32,
     ) -> Result<GgufWriter> {
-        let ctx = || format!("{}: cannot write GGUF", dest.display());
-        if !alignment.is_power_of_two() {
-            return Err(anyhow!(
-                "alignment {alignment} is not a nonzero power of two"
-            ))
-            .with_context(ctx);
-        }
-        reconcile_alignment(&mut metadata, alignment).with_context(ctx)?;
-        let tensors = plan_tensors(tensors, alignment.into()).with_context(ctx)?;
-        let header = encode_header(&metadata, &tensors, alignment.into()).with_context(ctx)?;
-        let tmp = temp_path(dest).with_context(ctx)?;
+        // One flat message (not an anyhow chain) so `{}` shows the reason too.
+        let flat = |e: anyhow::Error| anyhow!("{}: cannot write GGUF: {e:#}", dest.display());
+        let (tensors, header) = prepare(metadata, tensors, alignment).map_err(flat)?;
+        let tmp = temp_path(dest).map_err(flat)?;
         let file = File::create(&tmp)
-            .with_context(|| format!("{}: cannot create temp file", tmp.display()))?;
+            .map_err(|e| anyhow!("{}: cannot create temp file: {e}", tmp.display()))?;
         let mut writer = GgufWriter {
             dest: dest.to_path_buf(),
             tmp,
@@ -169,7 +162,7 @@ impl GgufWriter {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .write_all(bytes)
-            .with_context(|| format!("{}: write failed", self.tmp.display()))?;
+            .map_err(|e| anyhow!("{}: write failed: {e}", self.tmp.display()))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -188,6 +181,21 @@ impl Drop for GgufWriter {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Validate the inputs; the planned tensors and the header bytes.
+fn prepare(
+    mut metadata: Vec<(String, Value)>,
+    decls: Vec<TensorDecl>,
+    alignment: u32,
+) -> Result<(Vec<TensorInfo>, Vec<u8>)> {
+    if !alignment.is_power_of_two() {
+        bail!("alignment {alignment} is not a nonzero power of two");
+    }
+    reconcile_alignment(&mut metadata, alignment)?;
+    let tensors = plan_tensors(decls, alignment.into())?;
+    let header = encode_header(&metadata, &tensors, alignment.into())?;
+    Ok((tensors, header))
 }
 
 /// Bytes from `pos` to the next multiple of `align` (a power of two).
