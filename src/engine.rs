@@ -10,7 +10,7 @@ use crate::backend::{Backend, BackendKind};
 use crate::chat::{self, Message};
 use crate::generate::{generate, GenerateOptions, StopReason};
 use crate::gguf::GgufFile;
-use crate::model::Qwen2Model;
+use crate::model::{Qwen2Config, Qwen2Model};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// How to load a model.
@@ -53,6 +53,8 @@ impl Engine {
     /// Opens `path` (memory-mapped) and loads model and tokenizer.
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine> {
         let file = Arc::new(GgufFile::open(path)?);
+        // Refuse other architectures before anything else, with the architecture's name.
+        Qwen2Config::from_gguf(&file)?;
         let tokenizer = tokenizer_from_gguf(&file)?;
         let chat_template = file
             .get("tokenizer.chat_template")

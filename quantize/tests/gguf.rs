@@ -282,7 +282,9 @@ fn writer_err(
 fn writer_refuses_bad_declarations() {
     let dir = test_dir("writer_refuses_bad_declarations");
     let t = |name: &str, dims: &[u64], ty| vec![TensorDecl::new(name, dims, ty)];
-    let cases: Vec<(Vec<(String, Value)>, Vec<TensorDecl>, u32, &str)> = vec![
+    // (metadata, tensors, alignment, expected part of the message)
+    type Case = (Vec<(String, Value)>, Vec<TensorDecl>, u32, &'static str);
+    let cases: Vec<Case> = vec![
         (vec![], vec![], 48, "power of two"),
         (vec![], vec![], 0, "power of two"),
         (vec![], t("q", &[33], GgmlType::Q8_0), 32, "block size"),

@@ -34,6 +34,8 @@ pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 pub const TOKEN_TYPE_UNUSED: i32 = 5;
 pub const TOKEN_TYPE_BYTE: i32 = 6;
 
+/// A loaded vocabulary with its merges; immutable after construction, so one instance can be
+/// shared across threads.
 pub struct Tokenizer {
     ids: HashMap<String, u32>,
     types: Vec<i32>,

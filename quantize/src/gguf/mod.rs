@@ -19,7 +19,7 @@ mod writer;
 pub use reader::GgufFile;
 pub use tensor::{TensorInfo, MAX_DIMS};
 pub use value::{Value, ValueType};
-pub use writer::{GgufWriter, TensorDecl};
+pub use writer::{GgufWriter, TensorDecl, MAX_TENSOR_NAME_BYTES};
 
 /// The first four bytes of every GGUF file.
 pub const MAGIC: [u8; 4] = *b"GGUF";

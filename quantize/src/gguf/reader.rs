@@ -35,7 +35,7 @@ impl Deref for Backing {
 /// not overlapping another, so the accessors need no further checks.
 pub struct GgufFile {
     path: String,
-    pub(super) header: Header,
+    header: Header,
     backing: Backing,
 }
 

@@ -1,43 +1,127 @@
 //! CPU dot-product kernels, chosen once at run time from the CPU's features.
 //!
-//! The scalar kernels of `marco_quantize::dot` are the reference; SIMD paths must agree with them.
+//! The scalar kernels of `marco_quantize::dot` are the reference; SIMD paths (in `super::simd`)
+//! must agree with them up to f32 summation order. One x86-64 binary, built for the baseline
+//! target, runs everywhere: the AVX2 and AVX-512 code is compiled per function with
+//! `#[target_feature]` and only called after `is_x86_feature_detected!` said yes.
+
+use std::sync::OnceLock;
 
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
-use marco_quantize::GgmlType;
+use marco_quantize::{GgmlType, QK32};
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::simd;
 
 /// An instruction-set path for the CPU kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     /// Portable Rust, the reference.
     Scalar,
+    /// x86-64 AVX2 + FMA + F16C (`vpmaddubsw`/`vpmaddwd` integer dots).
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (`vpdpbusd` integer dots, mask registers).
+    Avx512Vnni,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    Neon,
 }
 
 impl Isa {
+    /// Every path, slowest first (tests iterate over it and skip what the CPU lacks).
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon];
+
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon-dotprod",
+        }
+    }
+
+    /// The path named `name` (as [`Isa::name`] prints it), if any.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => has_avx2(),
+            Isa::Avx512Vnni => has_avx512_vnni(),
+            Isa::Neon => has_neon_dotprod(),
         }
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_vnni() -> bool {
+    has_avx2()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx512_vnni() -> bool {
+    false
+}
+
+#[cfg(target_arch = "aarch64")]
+fn has_neon_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("neon")
+        && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn has_neon_dotprod() -> bool {
+    false
+}
+
 /// The kernel set in use.
+///
+/// Invariant: `isa.is_supported()` held when the value was made (only [`Kernels::detect`]
+/// and [`Kernels::forced`] make one), which is what makes calling the SIMD code sound.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
     isa: Isa,
 }
 
 impl Kernels {
-    /// The best path this CPU supports.
+    /// The best path this CPU supports (detected once per process).
     pub fn detect() -> Kernels {
-        Kernels { isa: Isa::Scalar }
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        let isa = *BEST.get_or_init(|| {
+            [Isa::Avx512Vnni, Isa::Neon, Isa::Avx2]
+                .into_iter()
+                .find(|i| i.is_supported())
+                .unwrap_or(Isa::Scalar)
+        });
+        Kernels { isa }
     }
 
     /// A specific path; `None` when this CPU cannot run it.
     pub fn forced(isa: Isa) -> Option<Kernels> {
-        match isa {
-            Isa::Scalar => Some(Kernels { isa }),
-        }
+        isa.is_supported().then_some(Kernels { isa })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     pub fn name(&self) -> &'static str {
@@ -45,31 +129,117 @@ impl Kernels {
     }
 
     /// Dot product of a quantized weight row with 8-bit activation blocks.
+    ///
+    /// `w.len()` must be `ty.row_bytes(32 * x.len())`; on a mismatch only the leading whole
+    /// blocks present in both are used (as the reference does).
     #[inline]
     pub fn dot_q8(&self, ty: GgmlType, w: &[u8], x: &[BlockQ8x32]) -> f32 {
-        vec_dot_q8(ty, w, x)
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::dot_q8(ty, w, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { simd::avx512::dot_q8(ty, w, x) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { simd::neon::dot_q8(ty, w, x) },
+            _ => vec_dot_q8(ty, w, x),
+        }
+    }
+
+    /// One weight row against several token rows at once (prompt processing): the weights are
+    /// unpacked once per block and reused for up to 4 tokens.
+    ///
+    /// Token `t` (`0..out.len()`) has its activation blocks at
+    /// `x[t * x_stride..t * x_stride + nb]`, where `nb = cols / 32` is implied by the row
+    /// length; `out[t]` receives its dot product. `x` must hold all of them (panics otherwise).
+    #[inline]
+    pub fn dot_q8_multi(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        x: &[BlockQ8x32],
+        x_stride: usize,
+        out: &mut [f32],
+    ) {
+        let nb = row_activation_blocks(ty, w.len());
+        let n = out.len();
+        if n == 0 {
+            return;
+        }
+        assert!(
+            nb <= x_stride && (n - 1) * x_stride + nb <= x.len(),
+            "dot_q8_multi: {n} tokens of {nb} blocks (stride {x_stride}) need more than {} blocks",
+            x.len()
+        );
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::dot_q8_multi(ty, w, x, nb, x_stride, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe {
+                simd::avx512::dot_q8_multi(ty, w, x, nb, x_stride, out)
+            },
+            _ => {
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = self.dot_q8(ty, w, &x[t * x_stride..t * x_stride + nb]);
+                }
+            }
+        }
     }
 
     /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
     #[inline]
     pub fn dot_f32(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-        vec_dot_f32(ty, w, x)
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::dot_f32(ty, w, x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { simd::avx512::dot_f32(ty, w, x) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { simd::neon::dot_f32(ty, w, x) },
+            _ => vec_dot_f32(ty, w, x),
+        }
+    }
+
+    /// Plain f32 dot product over the common length of `a` and `b`.
+    #[inline]
+    pub fn dot_plain(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { simd::avx2::dot_plain(a, b) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { simd::avx512::dot_plain(a, b) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { simd::neon::dot_plain(a, b) },
+            _ => dot_plain_scalar(a, b),
+        }
     }
 }
 
-/// Plain f32 dot product (attention scores), written so the compiler vectorizes it.
+/// Activation blocks per row implied by a weight row of `bytes` bytes of type `ty`.
+fn row_activation_blocks(ty: GgmlType, bytes: usize) -> usize {
+    bytes / ty.type_size() * ty.block_size() / QK32
+}
+
+/// Plain f32 dot product (attention scores) with the best kernels of this CPU.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    Kernels::detect().dot_plain(a, b)
+}
+
+/// The portable version, written so the compiler vectorizes it for the baseline target.
+fn dot_plain_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a8, a_tail) = a[..n].as_chunks::<8>();
+    let (b8, b_tail) = b[..n].as_chunks::<8>();
     let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    for (ca, cb) in a8.iter().zip(b8) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += ca[l] * cb[l];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(p, q)| p * q).sum();
+    acc.iter().sum::<f32>() + tail
 }

@@ -3,6 +3,7 @@
 
 pub mod kernels;
 pub mod pool;
+mod simd;
 
 use std::sync::Arc;
 
@@ -138,7 +139,7 @@ impl Backend for CpuBackend {
             dequantize_row(info.ty, file.data_for(info), &mut v);
             Some(v)
         } else {
-            let is_supported = matches!(activation_kind(info.ty), ActKind::F32) || cols % QK32 == 0;
+            let is_supported = matches!(activation_kind(info.ty), ActKind::F32) || cols.is_multiple_of(QK32);
             ensure!(
                 is_supported,
                 "{}: tensor '{name}' rows of {cols} are not a multiple of {QK32}",

@@ -1,0 +1,222 @@
+//! The `marco` binary as a user runs it, on the real default model.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{default_model_path, greedy_cases};
+use marco::gguf::{GgufWriter, TensorDecl, Value};
+use marco_quantize::GgmlType;
+
+fn marco(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_marco"))
+        .args(args)
+        .output()
+        .expect("running marco")
+}
+
+fn marco_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_marco"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running marco");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// A fresh scratch directory under the system temp dir.
+fn scratch_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("marco-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn model_arg() -> String {
+    default_model_path().to_string_lossy().into_owned()
+}
+
+#[test]
+fn translate_prints_the_reference_chinese_sentence() {
+    let model = model_arg();
+    let o = marco(&[
+        "translate",
+        "--model",
+        &model,
+        "--from",
+        "en",
+        "--to",
+        "zh",
+        "The weather is nice today, so we are going to the park.",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The greedy output of Hugging Face transformers for this prompt (reference case 1).
+    assert_eq!(stdout(&o), "今天的天气不错，我们去公园。\n");
+}
+
+#[test]
+fn translate_reads_stdin_line_by_line_and_accepts_names_and_flores_codes() {
+    let model = model_arg();
+    let o = marco_stdin(
+        &["translate", "-m", &model, "--from", "English", "--to", "deu_Latn"],
+        "The weather is nice today, so we are going to the park.\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", greedy_cases()[0].greedy_text),
+        "reference case 0 (German)"
+    );
+}
+
+#[test]
+fn translate_to_a_file_writes_it_atomically() {
+    let dir = scratch_dir("outfile");
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "Le chat dort sur le canapé depuis ce matin.\n").unwrap();
+    let out = dir.join("out.txt");
+    let model = model_arg();
+    let o = marco(&[
+        "translate",
+        "-m",
+        &model,
+        "--from",
+        "fr",
+        "--to",
+        "en",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written, format!("{}\n", greedy_cases()[3].greedy_text));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(leftovers.len(), 2, "only in.txt and out.txt remain");
+}
+
+#[test]
+fn unknown_language_is_one_clear_line() {
+    let o = marco(&["translate", "--from", "en", "--to", "klingon", "hello"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("unknown language 'klingon'"), "{err}");
+}
+
+#[test]
+fn missing_model_file_is_named() {
+    let o = marco(&["translate", "-m", "/nonexistent/m.gguf", "--from", "en", "--to", "de", "hi"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/m.gguf"), "{}", stderr(&o));
+}
+
+#[test]
+fn generate_raw_ids_are_the_reference_greedy_ids() {
+    let tokenizer = {
+        let file = marco::gguf::GgufFile::open(&default_model_path()).unwrap();
+        marco::engine::tokenizer_from_gguf(&file).unwrap()
+    };
+    let case = &greedy_cases()[1];
+    let prompt = tokenizer.decode(&case.prompt_ids);
+    let model = model_arg();
+    let o = marco(&["generate", "-m", &model, "--raw", &prompt, "-n", "48", "--ids"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<String> = case.until_eos.iter().map(|i| i.to_string()).collect();
+    assert_eq!(stdout(&o).trim(), want.join(" "));
+}
+
+#[test]
+fn tokenize_parses_special_tokens_only_when_asked() {
+    let model = model_arg();
+    let plain = marco_stdin(&["tokenize", "-m", &model], "<|im_start|>user\n");
+    let special = marco_stdin(&["tokenize", "-m", &model, "--special"], "<|im_start|>user\n");
+    assert!(plain.status.success() && special.status.success());
+    assert_eq!(stdout(&special), "151644 872\n");
+    assert!(stdout(&plain).split(' ').count() > 2, "{}", stdout(&plain));
+}
+
+#[test]
+fn inspect_shows_metadata_and_tensors() {
+    let o = marco(&["inspect", &model_arg()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("general.architecture = \"qwen2\""), "{out}");
+    assert!(out.contains("blk.0.ffn_down.weight"), "{out}");
+    assert!(out.contains("Q6_K"), "{out}");
+}
+
+fn write_truncated_copy(dir: &Path, len: u64) -> PathBuf {
+    use std::io::{Read, Write};
+    let mut src = std::fs::File::open(default_model_path()).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact(&mut buf).unwrap();
+    let p = dir.join(format!("trunc-{len}.gguf"));
+    std::fs::File::create(&p).unwrap().write_all(&buf).unwrap();
+    p
+}
+
+#[test]
+fn truncated_and_corrupted_files_give_clear_errors() {
+    let dir = scratch_dir("corrupt");
+    // Inside the header (in the token list), and inside the tensor data.
+    for len in [10u64, 3_000_000, 300_000_000] {
+        let p = write_truncated_copy(&dir, len);
+        let o = marco(&["inspect", p.to_str().unwrap()]);
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(p.to_str().unwrap()), "names the file: {err}");
+    }
+    let p = dir.join("bad-magic.gguf");
+    std::fs::write(&p, b"GGUX\x03\x00\x00\x00").unwrap();
+    let o = marco(&["inspect", p.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).to_lowercase().contains("magic"), "{}", stderr(&o));
+}
+
+#[test]
+fn wrong_architecture_is_refused_with_its_name() {
+    let dir = scratch_dir("arch");
+    let p = dir.join("llama.gguf");
+    let metadata = vec![(
+        "general.architecture".to_string(),
+        Value::String("llama".into()),
+    )];
+    let tensors = vec![TensorDecl::new("token_embd.weight", &[32, 4], GgmlType::F32)];
+    let mut w = GgufWriter::create(&p, metadata, tensors, 32).unwrap();
+    w.write_tensor("token_embd.weight", &[0u8; 32 * 4 * 4]).unwrap();
+    w.finish().unwrap();
+    let o = marco(&["translate", "-m", p.to_str().unwrap(), "--from", "en", "--to", "de", "hi"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("'llama'"), "{err}");
+}
+
+#[test]
+fn version_names_the_cpu_kernel_path() {
+    let o = marco(&["--version"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("cpu kernels:"), "{}", stdout(&o));
+}

@@ -1,0 +1,341 @@
+//! The SIMD CPU kernels against the scalar reference of `marco_quantize::dot`, for every
+//! weight type and every instruction-set path this CPU can run.
+//!
+//! The integer parts of every kernel are exact, so results may differ from the reference only
+//! by f32 summation order: the check is `|got - want| ≤ 1e-5 · Σ|wᵢ·xᵢ|`.
+
+use marco::backend::cpu::kernels::{dot_f32, Isa, Kernels};
+use marco_quantize::act::{dequantize_activations, quantize_activations, BlockQ8x32};
+use marco_quantize::blocks::LeF16;
+use marco_quantize::dequant::dequantize_row;
+use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
+use marco_quantize::quants::quantize_row;
+use marco_quantize::{GgmlType, QK32};
+
+/// Quantized types with a SIMD kernel, then the ones that fall back to the reference.
+const Q8_TYPES: [GgmlType; 12] = [
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q6_K,
+    GgmlType::Q4_K,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_1,
+    GgmlType::Q5_K,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q8_1,
+    GgmlType::Q8_K,
+];
+
+const FLOAT_TYPES: [GgmlType; 3] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16];
+
+/// Row lengths: single blocks, odd block counts and the model widths.
+const COLS_32: [usize; 9] = [32, 64, 96, 224, 32 * 37, 896, 1536, 4864, 8960];
+const COLS_256: [usize; 8] = [256, 512, 768, 1280, 1536, 2304, 4864, 8960];
+
+/// Every path this CPU runs (Scalar included, as a check of the harness).
+fn kernel_sets() -> Vec<Kernels> {
+    Isa::ALL.into_iter().filter_map(Kernels::forced).collect()
+}
+
+/// xorshift64: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Byte offsets of the f16 scale fields in a block of `ty` (random bytes there could be
+/// Inf/NaN or absurd; everything else of a block is valid for every bit pattern).
+fn scale_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_1 => &[0, 2],
+        GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// A row of random quants with sane random scales.
+fn random_row(rng: &mut Rng, ty: GgmlType, cols: usize) -> Vec<u8> {
+    let mut w = rng.bytes(ty.row_bytes(cols as u64).unwrap() as usize);
+    for block in w.chunks_exact_mut(ty.type_size()) {
+        for &off in scale_offsets(ty) {
+            let v = LeF16::from_f32(0.02 * rng.unit());
+            block[off..off + 2].copy_from_slice(&v.0);
+        }
+        if ty == GgmlType::Q8_K {
+            block[..4].copy_from_slice(&(0.01 * rng.unit()).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// Random activations with a different magnitude per block, quantized.
+fn random_acts(rng: &mut Rng, cols: usize) -> Vec<BlockQ8x32> {
+    let x: Vec<f32> = (0..cols)
+        .map(|i| {
+            let block_scale = 1.0 + ((i / QK32) % 7) as f32;
+            block_scale * rng.unit()
+        })
+        .collect();
+    let mut q = vec![BlockQ8x32::default(); cols / QK32];
+    quantize_activations(&x, &mut q);
+    q
+}
+
+/// Σ|wᵢ·xᵢ| of the decoded row and activations: the scale of the rounding differences.
+fn abs_terms(ty: GgmlType, w: &[u8], x: &[BlockQ8x32]) -> f64 {
+    let cols = x.len() * QK32;
+    let mut wf = vec![0.0f32; cols];
+    dequantize_row(ty, w, &mut wf);
+    let mut xf = vec![0.0f32; cols];
+    dequantize_activations(x, &mut xf);
+    wf.iter()
+        .zip(&xf)
+        .map(|(&a, &b)| (a as f64 * b as f64).abs())
+        .sum()
+}
+
+fn check_close(what: &str, got: f32, want: f32, abs_terms: f64) {
+    let tol = 1e-5 * abs_terms + 1e-30;
+    let err = (got as f64 - want as f64).abs();
+    assert!(
+        err <= tol,
+        "{what}: got {got}, reference {want} (error {err:e}, tolerance {tol:e})"
+    );
+}
+
+fn check_q8_row(ty: GgmlType, w: &[u8], x: &[BlockQ8x32], label: &str) {
+    let want = vec_dot_q8(ty, w, x);
+    let terms = abs_terms(ty, w, x);
+    for k in kernel_sets() {
+        let got = k.dot_q8(ty, w, x);
+        check_close(&format!("{} {ty} {label}", k.name()), got, want, terms);
+    }
+}
+
+fn cols_for(ty: GgmlType) -> &'static [usize] {
+    if ty.block_size() == QK32 {
+        &COLS_32
+    } else {
+        &COLS_256
+    }
+}
+
+#[test]
+fn dot_q8_matches_reference_on_random_rows() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for ty in Q8_TYPES {
+        for &cols in cols_for(ty) {
+            for rep in 0..3 {
+                let w = random_row(&mut rng, ty, cols);
+                let x = random_acts(&mut rng, cols);
+                check_q8_row(ty, &w, &x, &format!("random cols={cols} #{rep}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_q8_matches_reference_on_quantized_rows() {
+    let mut rng = Rng(0x0bad_cafe_f00d_d00d);
+    for ty in Q8_TYPES {
+        for &cols in cols_for(ty) {
+            let src: Vec<f32> = (0..cols).map(|_| 0.1 * rng.unit()).collect();
+            let mut w = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize];
+            quantize_row(ty, &src, &mut w);
+            let x = random_acts(&mut rng, cols);
+            check_q8_row(ty, &w, &x, &format!("quantized cols={cols}"));
+        }
+    }
+}
+
+/// Extreme quants against extreme activations: catches i16 saturation in the integer dots.
+#[test]
+fn dot_q8_extremes_do_not_saturate() {
+    let mut rng = Rng(0x5eed_5eed_5eed_5eed);
+    for ty in Q8_TYPES {
+        let cols = ty.block_size().max(QK32) * 4;
+        for fill in [0x00u8, 0xFF, 0x80, 0x7F, 0x88] {
+            let mut w = vec![fill; ty.row_bytes(cols as u64).unwrap() as usize];
+            for block in w.chunks_exact_mut(ty.type_size()) {
+                for &off in scale_offsets(ty) {
+                    block[off..off + 2].copy_from_slice(&LeF16::from_f32(0.5).0);
+                }
+                if ty == GgmlType::Q8_K {
+                    block[..4].copy_from_slice(&0.5f32.to_le_bytes());
+                }
+            }
+            for xq in [127i8, -127] {
+                let mut x = vec![
+                    BlockQ8x32 {
+                        d: 0.25,
+                        sum: 0,
+                        qs: [xq; QK32],
+                    };
+                    cols / QK32
+                ];
+                for b in x.iter_mut() {
+                    b.sum = b.qs.iter().map(|&q| q as i32).sum();
+                }
+                check_q8_row(ty, &w, &x, &format!("fill {fill:#x} x={xq}"));
+            }
+            // Alternating signs too.
+            let mut x = random_acts(&mut rng, cols);
+            for b in x.iter_mut() {
+                for (i, q) in b.qs.iter_mut().enumerate() {
+                    *q = if i % 2 == 0 { 127 } else { -127 };
+                }
+                b.sum = 0;
+            }
+            check_q8_row(ty, &w, &x, &format!("fill {fill:#x} alternating"));
+        }
+    }
+}
+
+#[test]
+fn dot_f32_matches_reference() {
+    let mut rng = Rng(0xfeed_beef_1234_4321);
+    for ty in FLOAT_TYPES {
+        for cols in [1usize, 7, 8, 31, 33, 100, 896, 4864, 4867] {
+            let src: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+            let mut w = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize];
+            quantize_row(ty, &src, &mut w);
+            let x: Vec<f32> = (0..cols).map(|_| 3.0 * rng.unit()).collect();
+            let want = vec_dot_f32(ty, &w, &x);
+            let mut wf = vec![0.0f32; cols];
+            dequantize_row(ty, &w, &mut wf);
+            let terms: f64 = wf.iter().zip(&x).map(|(&a, &b)| (a * b).abs() as f64).sum();
+            for k in kernel_sets() {
+                let got = k.dot_f32(ty, &w, &x);
+                check_close(&format!("{} {ty} cols={cols}", k.name()), got, want, terms);
+            }
+        }
+    }
+}
+
+#[test]
+fn plain_dot_matches_reference() {
+    let mut rng = Rng(7);
+    for n in (0..=140).chain([896, 4864, 4867]) {
+        let a: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let want: f64 = a.iter().zip(&b).map(|(&p, &q)| p as f64 * q as f64).sum();
+        let terms: f64 = a.iter().zip(&b).map(|(&p, &q)| (p * q).abs() as f64).sum();
+        for k in kernel_sets() {
+            check_close(&format!("{} n={n}", k.name()), k.dot_plain(&a, &b), want as f32, terms);
+        }
+        check_close(&format!("dot_f32 n={n}"), dot_f32(&a, &b), want as f32, terms);
+    }
+}
+
+#[test]
+fn multi_token_matches_single_token() {
+    let mut rng = Rng(0xabcdef);
+    for ty in Q8_TYPES {
+        let cols = if ty.block_size() == QK32 { 896 } else { 1536 };
+        let nb = cols / QK32;
+        let stride = nb + 3;
+        let w = random_row(&mut rng, ty, cols);
+        let x: Vec<BlockQ8x32> = (0..9)
+            .flat_map(|_| {
+                let mut t = random_acts(&mut rng, cols);
+                t.extend(random_acts(&mut rng, 3 * QK32));
+                t
+            })
+            .collect();
+        for k in kernel_sets() {
+            for n_tok in 0..=9 {
+                let mut out = vec![f32::NAN; n_tok];
+                k.dot_q8_multi(ty, &w, &x, stride, &mut out);
+                for (t, &got) in out.iter().enumerate() {
+                    let xt = &x[t * stride..t * stride + nb];
+                    let want = vec_dot_q8(ty, &w, xt);
+                    let terms = abs_terms(ty, &w, xt);
+                    check_close(&format!("{} {ty} token {t}/{n_tok}", k.name()), got, want, terms);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn detection_picks_a_supported_path() {
+    let k = Kernels::detect();
+    assert!(k.isa().is_supported());
+    assert!(Kernels::forced(Isa::Scalar).is_some());
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        assert_eq!(Kernels::forced(isa).is_some(), isa.is_supported());
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let has512 = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw");
+        assert_eq!(Isa::Avx512Vnni.is_supported(), has512 && Isa::Avx2.is_supported());
+        if has512 {
+            assert_eq!(k.isa(), Isa::Avx512Vnni);
+        }
+    }
+}
+
+/// Single-thread throughput of `dot_q8` per path, in GB/s of weights read: a cache-resident
+/// matrix (compute-bound) and 512 MB of rows (memory-bound, as decoding is). Prints only:
+/// `cargo test --profile test -p marco --test kernels -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_dot_q8_throughput() {
+    use std::hint::black_box;
+    use std::time::Instant;
+    let shapes = [
+        (GgmlType::Q5_0, 4864, 896),
+        (GgmlType::Q8_0, 4864, 896),
+        (GgmlType::Q6_K, 896, 4864),
+        (GgmlType::Q4_K, 896, 4864),
+        (GgmlType::Q4_0, 4864, 896),
+        (GgmlType::Q5_K, 896, 4864),
+    ];
+    let mut rng = Rng(99);
+    for (ty, rows, cols) in shapes {
+        let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+        let big_rows = (512 << 20) / row_bytes;
+        let w: Vec<u8> = (0..big_rows / rows + 1)
+            .flat_map(|_| random_row(&mut rng, ty, cols * rows))
+            .collect();
+        let x = random_acts(&mut rng, cols);
+        for k in kernel_sets() {
+            let run = |n_rows: usize, reps: usize| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    for r in w.chunks_exact(row_bytes).take(n_rows) {
+                        black_box(k.dot_q8(ty, black_box(r), &x));
+                    }
+                }
+                (n_rows * reps * row_bytes) as f64 / t.elapsed().as_secs_f64() / 1e9
+            };
+            run(rows, 3);
+            let hot = run(rows, 20);
+            let cold = run(big_rows, 1);
+            println!(
+                "{ty} {rows}x{cols} {:>12}: hot {hot:6.2} GB/s, 512 MB {cold:6.2} GB/s",
+                k.name()
+            );
+        }
+    }
+}
