@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{GpuBackend, GpuOptions};
 use crate::backend::{Backend, BackendKind};
 use crate::chat::{self, Message};
 use crate::generate::{generate, GenerateOptions, StopReason};
@@ -44,8 +45,22 @@ pub struct Engine {
 /// Makes the backend `kind` names.
 pub fn make_backend(kind: BackendKind, threads: usize) -> Result<Box<dyn Backend>> {
     match kind {
-        BackendKind::Cpu | BackendKind::Auto => Ok(Box::new(CpuBackend::new(threads))),
-        BackendKind::Gpu => bail!("--backend gpu: this build of marco has no GPU backend"),
+        BackendKind::Cpu => Ok(Box::new(CpuBackend::new(threads))),
+        BackendKind::Gpu => match GpuBackend::new(&GpuOptions::default()) {
+            Ok(gpu) => Ok(Box::new(gpu)),
+            Err(e) => bail!("--backend gpu: {e}"),
+        },
+        // Only a real GPU: a software adapter (lavapipe) is far slower than the CPU backend.
+        BackendKind::Auto => {
+            let opts = GpuOptions {
+                allow_software: false,
+                ..GpuOptions::default()
+            };
+            match GpuBackend::new(&opts) {
+                Ok(gpu) => Ok(Box::new(gpu)),
+                Err(_) => Ok(Box::new(CpuBackend::new(threads))),
+            }
+        }
     }
 }
 

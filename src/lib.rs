@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod chat;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod lang;
 pub mod model;

@@ -76,7 +76,15 @@ fn translate_prints_the_reference_chinese_sentence() {
 fn translate_reads_stdin_line_by_line_and_accepts_names_and_flores_codes() {
     let model = model_arg();
     let o = marco_stdin(
-        &["translate", "-m", &model, "--from", "English", "--to", "deu_Latn"],
+        &[
+            "translate",
+            "-m",
+            &model,
+            "--from",
+            "English",
+            "--to",
+            "deu_Latn",
+        ],
         "The weather is nice today, so we are going to the park.\n",
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -126,7 +134,16 @@ fn unknown_language_is_one_clear_line() {
 
 #[test]
 fn missing_model_file_is_named() {
-    let o = marco(&["translate", "-m", "/nonexistent/m.gguf", "--from", "en", "--to", "de", "hi"]);
+    let o = marco(&[
+        "translate",
+        "-m",
+        "/nonexistent/m.gguf",
+        "--from",
+        "en",
+        "--to",
+        "de",
+        "hi",
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/m.gguf"), "{}", stderr(&o));
 }
@@ -140,7 +157,9 @@ fn generate_raw_ids_are_the_reference_greedy_ids() {
     let case = &greedy_cases()[1];
     let prompt = tokenizer.decode(&case.prompt_ids);
     let model = model_arg();
-    let o = marco(&["generate", "-m", &model, "--raw", &prompt, "-n", "48", "--ids"]);
+    let o = marco(&[
+        "generate", "-m", &model, "--raw", &prompt, "-n", "48", "--ids",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let want: Vec<String> = case.until_eos.iter().map(|i| i.to_string()).collect();
     assert_eq!(stdout(&o).trim(), want.join(" "));
@@ -150,7 +169,10 @@ fn generate_raw_ids_are_the_reference_greedy_ids() {
 fn tokenize_parses_special_tokens_only_when_asked() {
     let model = model_arg();
     let plain = marco_stdin(&["tokenize", "-m", &model], "<|im_start|>user\n");
-    let special = marco_stdin(&["tokenize", "-m", &model, "--special"], "<|im_start|>user\n");
+    let special = marco_stdin(
+        &["tokenize", "-m", &model, "--special"],
+        "<|im_start|>user\n",
+    );
     assert!(plain.status.success() && special.status.success());
     assert_eq!(stdout(&special), "151644 872\n");
     assert!(stdout(&plain).split(' ').count() > 2, "{}", stdout(&plain));
@@ -192,7 +214,11 @@ fn truncated_and_corrupted_files_give_clear_errors() {
     std::fs::write(&p, b"GGUX\x03\x00\x00\x00").unwrap();
     let o = marco(&["inspect", p.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(stderr(&o).to_lowercase().contains("magic"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).to_lowercase().contains("magic"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -203,11 +229,25 @@ fn wrong_architecture_is_refused_with_its_name() {
         "general.architecture".to_string(),
         Value::String("llama".into()),
     )];
-    let tensors = vec![TensorDecl::new("token_embd.weight", &[32, 4], GgmlType::F32)];
+    let tensors = vec![TensorDecl::new(
+        "token_embd.weight",
+        &[32, 4],
+        GgmlType::F32,
+    )];
     let mut w = GgufWriter::create(&p, metadata, tensors, 32).unwrap();
-    w.write_tensor("token_embd.weight", &[0u8; 32 * 4 * 4]).unwrap();
+    w.write_tensor("token_embd.weight", &[0u8; 32 * 4 * 4])
+        .unwrap();
     w.finish().unwrap();
-    let o = marco(&["translate", "-m", p.to_str().unwrap(), "--from", "en", "--to", "de", "hi"]);
+    let o = marco(&[
+        "translate",
+        "-m",
+        p.to_str().unwrap(),
+        "--from",
+        "en",
+        "--to",
+        "de",
+        "hi",
+    ]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -240,9 +240,19 @@ fn plain_dot_matches_reference() {
         let want: f64 = a.iter().zip(&b).map(|(&p, &q)| p as f64 * q as f64).sum();
         let terms: f64 = a.iter().zip(&b).map(|(&p, &q)| (p * q).abs() as f64).sum();
         for k in kernel_sets() {
-            check_close(&format!("{} n={n}", k.name()), k.dot_plain(&a, &b), want as f32, terms);
+            check_close(
+                &format!("{} n={n}", k.name()),
+                k.dot_plain(&a, &b),
+                want as f32,
+                terms,
+            );
         }
-        check_close(&format!("dot_f32 n={n}"), dot_f32(&a, &b), want as f32, terms);
+        check_close(
+            &format!("dot_f32 n={n}"),
+            dot_f32(&a, &b),
+            want as f32,
+            terms,
+        );
     }
 }
 
@@ -269,7 +279,12 @@ fn multi_token_matches_single_token() {
                     let xt = &x[t * stride..t * stride + nb];
                     let want = vec_dot_q8(ty, &w, xt);
                     let terms = abs_terms(ty, &w, xt);
-                    check_close(&format!("{} {ty} token {t}/{n_tok}", k.name()), got, want, terms);
+                    check_close(
+                        &format!("{} {ty} token {t}/{n_tok}", k.name()),
+                        got,
+                        want,
+                        terms,
+                    );
                 }
             }
         }
@@ -288,7 +303,10 @@ fn detection_picks_a_supported_path() {
     #[cfg(target_arch = "x86_64")]
     {
         let has512 = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw");
-        assert_eq!(Isa::Avx512Vnni.is_supported(), has512 && Isa::Avx2.is_supported());
+        assert_eq!(
+            Isa::Avx512Vnni.is_supported(),
+            has512 && Isa::Avx2.is_supported()
+        );
         if has512 {
             assert_eq!(k.isa(), Isa::Avx512Vnni);
         }
@@ -329,11 +347,15 @@ fn bench_dot_q8_throughput() {
                 }
                 (n_rows * reps * row_bytes) as f64 / t.elapsed().as_secs_f64() / 1e9
             };
-            run(rows, 3);
-            let hot = run(rows, 20);
-            let cold = run(big_rows, 1);
+            // Best of several: the machine may be shared.
+            let l2_rows = (256 << 10) / row_bytes;
+            let l2 = (0..5)
+                .map(|_| run(l2_rows, 10 * rows / l2_rows))
+                .fold(0.0, f64::max);
+            let hot = (0..5).map(|_| run(rows, 10)).fold(0.0, f64::max);
+            let cold = (0..2).map(|_| run(big_rows, 1)).fold(0.0, f64::max);
             println!(
-                "{ty} {rows}x{cols} {:>12}: hot {hot:6.2} GB/s, 512 MB {cold:6.2} GB/s",
+                "{ty} {rows}x{cols} {:>12}: 256 KB {l2:6.2} GB/s, matrix {hot:6.2} GB/s, 512 MB {cold:6.2} GB/s",
                 k.name()
             );
         }

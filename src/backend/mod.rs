@@ -5,6 +5,7 @@
 //! a GPU backend uploads them once. Neither the model nor the generation loop changes between them.
 
 pub mod cpu;
+pub mod gpu;
 
 use std::sync::Arc;
 

@@ -1,6 +1,9 @@
 //! Argument parsing and the subcommands.
 
+mod bench;
 mod inspect;
+mod kld;
+mod quantize;
 mod run;
 
 use std::path::PathBuf;
@@ -33,10 +36,16 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect(InspectArgs),
+    /// Convert a Hugging Face Qwen2 checkpoint (or requantize a GGUF file) to GGUF at a type.
+    Quantize(quantize::QuantizeArgs),
     /// Download a known model into the cache and verify its sha256.
     Fetch(FetchArgs),
     /// List the known models and languages.
     List,
+    /// KL-divergence, perplexity and top-1 agreement of a quantized model against its base, per language.
+    Kld(kld::KldArgs),
+    /// Measure prompt and decode speed (llama-bench compatible output).
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by the commands that load a model.
@@ -158,7 +167,7 @@ pub struct FetchArgs {
     /// Model to fetch: default, qwen2.5-coder-0.5b or qwen2.5-coder-1.5b.
     #[arg(default_value = "default")]
     name: String,
-    /// Print only the path of the model file.
+    /// Print nothing but errors (without it: progress on stderr, the model's path on stdout).
     #[arg(long, short = 'q')]
     quiet: bool,
 }
@@ -182,7 +191,10 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => run::generate(a),
         Command::Tokenize(a) => run::tokenize(a),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Quantize(a) => quantize::quantize(a),
         Command::Fetch(a) => run::fetch(a),
         Command::List => run::list(),
+        Command::Bench(a) => bench::bench(a),
+        Command::Kld(a) => kld::kld(a),
     }
 }

@@ -197,7 +197,9 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
 pub fn fetch(a: FetchArgs) -> Result<()> {
     let spec = ModelSpec::find(&a.name)?;
     let path = models::fetch(&spec, a.quiet)?;
-    println!("{}", path.display());
+    if !a.quiet {
+        println!("{}", path.display());
+    }
     Ok(())
 }
 

@@ -15,24 +15,60 @@ use marco_quantize::blocks::{
 use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
 use marco_quantize::GgmlType;
 
-use super::{fold2, k4_scales_mins, row_blocks};
+use marco_quantize::blocks::Block;
+
+use super::{
+    at, d8, in_quads, k4_scales_mins, m8, row_blocks, superblock_x, Groups8, LegacyBlock,
+};
 
 /// Dot product of a weight row of type `ty` with activation blocks (see
 /// `Kernels::dot_q8`). Types without an AVX2 kernel use the scalar reference.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q8(ty: GgmlType, w: &[u8], x: &[BlockQ8x32]) -> f32 {
-    let n = x.len();
-    match ty {
-        GgmlType::Q4_0 => dot_q4_0(row_blocks(w, n, 1), x),
-        GgmlType::Q4_1 => dot_q4_1(row_blocks(w, n, 1), x),
-        GgmlType::Q5_0 => dot_q5_0(row_blocks(w, n, 1), x),
-        GgmlType::Q5_1 => dot_q5_1(row_blocks(w, n, 1), x),
-        GgmlType::Q8_0 => dot_q8_0(row_blocks(w, n, 1), x),
-        GgmlType::Q4_K => dot_q4_k(row_blocks(w, n, 8), x.as_chunks::<8>().0),
-        GgmlType::Q5_K => dot_q5_k(row_blocks(w, n, 8), x.as_chunks::<8>().0),
-        GgmlType::Q6_K => dot_q6_k(row_blocks(w, n, 8), x.as_chunks::<8>().0),
-        _ => vec_dot_q8(ty, w, x),
+    match q8_rows::<1>(ty, w, [x]) {
+        Some([d]) => d,
+        None => vec_dot_q8(ty, w, x),
     }
+}
+
+/// `out[t] = dot(w, x[t * stride..][..nb])` for each token `t` (see `Kernels::dot_q8_multi`):
+/// four tokens at a time share each unpacked weight block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q8_multi(
+    ty: GgmlType,
+    w: &[u8],
+    x: &[BlockQ8x32],
+    nb: usize,
+    stride: usize,
+    out: &mut [f32],
+) {
+    let tok = |t: usize| &x[t * stride..t * stride + nb];
+    in_quads(
+        out,
+        |t| q8_rows::<4>(ty, w, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]),
+        |t| dot_q8(ty, w, tok(t)),
+    );
+}
+
+/// The dot products of one weight row with `T` token rows, or `None` for types without a
+/// kernel here.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_rows<const T: usize>(ty: GgmlType, w: &[u8], xs: [&[BlockQ8x32]; T]) -> Option<[f32; T]> {
+    let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+    Some(match ty {
+        GgmlType::Q4_0 => legacy::<_, T, 8, false, false>(row_blocks(w, n, 1), xs, |b| unpack_q4_0(b)),
+        GgmlType::Q4_1 => legacy::<_, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| unpack_q4_1(b)),
+        GgmlType::Q5_0 => legacy::<_, T, 16, false, false>(row_blocks(w, n, 1), xs, |b| unpack_q5_0(b)),
+        GgmlType::Q5_1 => legacy::<_, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| unpack_q5_1(b)),
+        GgmlType::Q8_0 => legacy::<_, T, 0, false, true>(row_blocks(w, n, 1), xs, |b| unpack_q8_0(b)),
+        GgmlType::Q4_K => kquant::<_, T>(row_blocks(w, n, 8), xs, |b: &BlockQ4K| {
+            k4_unpack(b.d, b.dmin, &b.scales, &b.qs)
+        }),
+        GgmlType::Q5_K => kquant::<_, T>(row_blocks(w, n, 8), xs, |b| unpack_q5_k(b)),
+        GgmlType::Q6_K => q6_k::<T>(row_blocks(w, n, 8), xs),
+        _ => return None,
+    })
 }
 
 /// Dot product of a float weight row with f32 activations (see `Kernels::dot_f32`).
@@ -147,7 +183,9 @@ fn load_bf16x8(p: &[u8; 16]) -> __m256 {
 pub(super) fn legacy_nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 readable bytes and the load has no alignment requirement.
     let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+    // The 16 bytes in both halves (a load-port broadcast), the high half shifted down by a
+    // nibble (a dword shift is fine: the mask drops what crosses between bytes).
+    let both = _mm256_srlv_epi32(_mm256_broadcastsi128_si256(v), _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
@@ -183,20 +221,6 @@ pub(super) fn fma_scaled(acc: __m256, p: __m256i, scale: __m256) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc)
 }
 
-/// Adds `v` to lane 0 of the i32 lanes (the exact offset terms of Q4_0/Q5_0/Q8_0).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn add_lane0(p: __m256i, v: i32) -> __m256i {
-    _mm256_add_epi32(p, _mm256_zextsi128_si256(_mm_cvtsi32_si128(v)))
-}
-
-/// Lane `g` of `v`, broadcast.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn lane(v: __m256, g: usize) -> __m256 {
-    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(g as i32))
-}
-
 /// The scales of the 8 activation blocks of a super-block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -222,173 +246,368 @@ pub(super) fn bytes_to_ps(v: u64) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
 }
 
-/// Per-group scales and the min term of a Q4_K/Q5_K super-block: returns
-/// (`d·sc_g·xd_g` for each group g, the block's `dmin·Σ m_g·xd_g·sum_g` added to `accm`).
+/// 8 f16 scales as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn k4_group_scales(
-    d: LeF16,
-    dmin: LeF16,
-    scales: &[u8; 12],
-    xs: &[BlockQ8x32; 8],
-    accm: __m256,
-) -> (__m256, __m256) {
-    let (sc, m) = k4_scales_mins(scales);
-    let xd = group_d(xs);
-    let sv = _mm256_mul_ps(
-        _mm256_mul_ps(bytes_to_ps(sc), _mm256_set1_ps(f16_to_f32(d))),
-        xd,
-    );
-    let mv = _mm256_mul_ps(
-        _mm256_mul_ps(bytes_to_ps(m), _mm256_set1_ps(f16_to_f32(dmin))),
-        xd,
-    );
-    (sv, _mm256_fmadd_ps(mv, group_sums(xs), accm))
+pub(super) fn scales8(h: [LeF16; 8]) -> __m256 {
+    let h = h.map(|v| v.bits() as i16);
+    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
+}
+
+/// Lane `i` of the result is the sum of the 8 lanes of `p[i]` (the exact integer dot of block
+/// `i`): one horizontal reduction per 8 blocks, so the scales apply to all 8 with one FMA
+/// instead of a broadcast and an FMA per block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn reduce8(p: &[__m256i; 8]) -> __m256i {
+    // In-lane pairwise adds leave, per 128-bit half, the half-sums of blocks 0..4 (and 4..8);
+    // adding the two halves finishes them.
+    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
+}
+
+/// The quant sums of the 8 activation blocks of a group.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn group_sums_i32(xs: &[BlockQ8x32; 8]) -> __m256i {
+    _mm256_setr_epi32(
+        xs[0].sum, xs[1].sum, xs[2].sum, xs[3].sum, xs[4].sum, xs[5].sum, xs[6].sum, xs[7].sum,
+    )
+}
+
+/// Per-token accumulators: the scaled dot products, and the min terms (legacy `m`, K-quant
+/// `dmin`), kept apart so each takes one FMA per 8 blocks.
+#[derive(Clone, Copy)]
+pub(super) struct Acc {
+    pub(super) dot: __m256,
+    pub(super) min: __m256,
+}
+
+/// `T` zeroed accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn zero_acc<const T: usize>() -> [Acc; T] {
+    let z = _mm256_setzero_ps();
+    [Acc { dot: z, min: z }; T]
+}
+
+/// The dot products held by the accumulators.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn totals<const T: usize>(acc: &[Acc; T]) -> [f32; T] {
+    let mut out = [0.0; T];
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = hsum(_mm256_add_ps(a.dot, a.min));
+    }
+    out
+}
+
+/// 8 blocks of 32 weights, unpacked once (and reused for every token): unsigned quants (for
+/// AVX2 Q8_0: |w|, with the signs in `sign`), weight scales and (Q4_1/Q5_1) mins.
+#[derive(Clone, Copy)]
+pub(super) struct Legacy8 {
+    pub(super) q: [__m256i; 8],
+    pub(super) sign: [__m256i; 8],
+    pub(super) d: __m256,
+    pub(super) m: __m256,
+}
+
+/// Scales and mins of 8 legacy blocks; quants to be filled in.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn legacy8<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
+    let z = _mm256_setzero_si256();
+    Legacy8 {
+        q: [z; 8],
+        sign: [z; 8],
+        d: scales8(d8(w)),
+        m: if has_min {
+            scales8(m8(w))
+        } else {
+            _mm256_setzero_ps()
+        },
+    }
+}
+
+/// The legacy kernels' shared loop: 8 blocks at a time, unpacked once for all `T` tokens.
+/// `OFF` is the quant offset (Σ (q - OFF)·x = Σ q·x - OFF·Σ x), `MIN` adds `m·xd·Σx`, and
+/// `SIGNED` marks signed quants (Q8_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn legacy<B: LegacyBlock, const T: usize, const OFF: i32, const MIN: bool, const SIGNED: bool>(
+    w: &[B],
+    xs: [&[BlockQ8x32]; T],
+    unpack: impl Fn(&[B; 8]) -> Legacy8,
+) -> [f32; T] {
+    let g = Groups8::new(w, xs);
+    let mut acc = zero_acc::<T>();
+    for (i, wb) in g.full.iter().enumerate() {
+        legacy_step::<T, OFF, MIN, SIGNED>(&mut acc, &unpack(wb), g.x(i));
+    }
+    if let Some((wb, x)) = g.tail() {
+        legacy_step::<T, OFF, MIN, SIGNED>(&mut acc, &unpack(wb), x);
+    }
+    totals(&acc)
+}
+
+/// One group of 8 unpacked blocks against each token.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn legacy_step<const T: usize, const OFF: i32, const MIN: bool, const SIGNED: bool>(
+    acc: &mut [Acc; T],
+    u: &Legacy8,
+    xg: [&[BlockQ8x32; 8]; T],
+) {
+    for (a, x) in acc.iter_mut().zip(xg) {
+        let mut p = [_mm256_setzero_si256(); 8];
+        for (i, p) in p.iter_mut().enumerate() {
+            let xq = load_i8(&x[i].qs);
+            *p = if SIGNED {
+                dot_u8_i8(u.q[i], _mm256_sign_epi8(xq, u.sign[i]))
+            } else {
+                dot_u8_i8(u.q[i], xq)
+            };
+        }
+        *a = legacy_apply::<OFF, MIN>(*a, u, reduce8(&p), x);
+    }
+}
+
+/// Adds 8 blocks' exact dots `r` (lane i: block i, before the offset) to `acc`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn legacy_apply<const OFF: i32, const MIN: bool>(
+    acc: Acc,
+    u: &Legacy8,
+    r: __m256i,
+    x: &[BlockQ8x32; 8],
+) -> Acc {
+    let sums = group_sums_i32(x);
+    let r = if OFF != 0 {
+        _mm256_sub_epi32(r, _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFF)))
+    } else {
+        r
+    };
+    let xd = group_d(x);
+    let min = if MIN {
+        _mm256_fmadd_ps(_mm256_mul_ps(u.m, xd), _mm256_cvtepi32_ps(sums), acc.min)
+    } else {
+        acc.min
+    };
+    Acc {
+        dot: fma_scaled(acc.dot, r, _mm256_mul_ps(u.d, xd)),
+        min,
+    }
 }
 
 // ---- 32-element block types ----
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8x32]) -> f32 {
-    let (a0, a1) = fold2(w, x, _mm256_setzero_ps(), |acc, b, xb| {
-        // Σ (q - 8)·x = Σ q·x - 8·Σ x: unsigned quants suit maddubs, and Σ x is known.
-        let p = add_lane0(dot_u8_i8(legacy_nibbles(&b.qs), load_i8(&xb.qs)), -8 * xb.sum);
-        fma_scaled(acc, p, _mm256_set1_ps(f16_to_f32(b.d) * xb.d))
-    });
-    hsum(_mm256_add_ps(a0, a1))
+fn unpack_q4_0(w: &[BlockQ4_0; 8]) -> Legacy8 {
+    let mut u = legacy8(w, false);
+    for (q, b) in u.q.iter_mut().zip(w) {
+        *q = legacy_nibbles(&b.qs);
+    }
+    u
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_1(w: &[BlockQ4_1], x: &[BlockQ8x32]) -> f32 {
-    let zero = (_mm256_setzero_ps(), 0.0f32);
-    let (a0, a1) = fold2(w, x, zero, |(acc, accm), b, xb| {
-        let p = dot_u8_i8(legacy_nibbles(&b.qs), load_i8(&xb.qs));
-        let acc = fma_scaled(acc, p, _mm256_set1_ps(f16_to_f32(b.d) * xb.d));
-        (acc, accm + f16_to_f32(b.m) * (xb.d * xb.sum as f32))
-    });
-    hsum(_mm256_add_ps(a0.0, a1.0)) + (a0.1 + a1.1)
+fn unpack_q4_1(w: &[BlockQ4_1; 8]) -> Legacy8 {
+    let mut u = legacy8(w, true);
+    for (q, b) in u.q.iter_mut().zip(w) {
+        *q = legacy_nibbles(&b.qs);
+    }
+    u
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_0(w: &[BlockQ5_0], x: &[BlockQ8x32]) -> f32 {
-    let (a0, a1) = fold2(w, x, _mm256_setzero_ps(), |acc, b, xb| {
-        let q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
-        // Σ (q - 16)·x = Σ q·x - 16·Σ x.
-        let p = add_lane0(dot_u8_i8(q, load_i8(&xb.qs)), -16 * xb.sum);
-        fma_scaled(acc, p, _mm256_set1_ps(f16_to_f32(b.d) * xb.d))
-    });
-    hsum(_mm256_add_ps(a0, a1))
+fn unpack_q5_0(w: &[BlockQ5_0; 8]) -> Legacy8 {
+    let mut u = legacy8(w, false);
+    for (q, b) in u.q.iter_mut().zip(w) {
+        *q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
+    }
+    u
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_1(w: &[BlockQ5_1], x: &[BlockQ8x32]) -> f32 {
-    let zero = (_mm256_setzero_ps(), 0.0f32);
-    let (a0, a1) = fold2(w, x, zero, |(acc, accm), b, xb| {
-        let q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
-        let p = dot_u8_i8(q, load_i8(&xb.qs));
-        let acc = fma_scaled(acc, p, _mm256_set1_ps(f16_to_f32(b.d) * xb.d));
-        (acc, accm + f16_to_f32(b.m) * (xb.d * xb.sum as f32))
-    });
-    hsum(_mm256_add_ps(a0.0, a1.0)) + (a0.1 + a1.1)
+fn unpack_q5_1(w: &[BlockQ5_1; 8]) -> Legacy8 {
+    let mut u = legacy8(w, true);
+    for (q, b) in u.q.iter_mut().zip(w) {
+        *q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
+    }
+    u
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8x32]) -> f32 {
-    let (a0, a1) = fold2(w, x, _mm256_setzero_ps(), |acc, b, xb| {
-        // Signed × signed via maddubs: |w| × (x with w's sign). |w| ≤ 128, so pair sums stay
-        // within i16.
-        let wq = load_i8(&b.qs);
-        let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(load_i8(&xb.qs), wq));
-        fma_scaled(acc, p, _mm256_set1_ps(f16_to_f32(b.d) * xb.d))
-    });
-    hsum(_mm256_add_ps(a0, a1))
+fn unpack_q8_0(w: &[BlockQ8_0; 8]) -> Legacy8 {
+    // Signed × signed through maddubs: |w| × (x with w's sign); |w| ≤ 128 keeps the i16 pair
+    // sums in range.
+    let mut u = legacy8(w, false);
+    for ((q, s), b) in u.q.iter_mut().zip(u.sign.iter_mut()).zip(w) {
+        *s = load_i8(&b.qs);
+        *q = _mm256_sign_epi8(*s, *s);
+    }
+    u
 }
 
 // ---- 256-element super-block types ----
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_k(w: &[BlockQ4K], x: &[[BlockQ8x32; 8]]) -> f32 {
-    let zero = _mm256_setzero_ps();
-    let low4 = _mm256_set1_epi8(0x0F);
-    let (mut acc0, mut acc1, mut accm) = (zero, zero, zero);
-    for (b, xs) in w.iter().zip(x) {
-        let (sv, m) = k4_group_scales(b.d, b.dmin, &b.scales, xs, accm);
-        accm = m;
-        // Each 32 bytes of quants hold group 2c in the low and group 2c+1 in the high nibbles.
-        for (c, (q, xp)) in b.qs.as_chunks::<32>().0.iter().zip(xs.as_chunks::<2>().0).enumerate() {
-            let v = load_u8(q);
-            let lo = _mm256_and_si256(v, low4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-            acc0 = fma_scaled(acc0, dot_u8_i8(lo, load_i8(&xp[0].qs)), lane(sv, 2 * c));
-            acc1 = fma_scaled(acc1, dot_u8_i8(hi, load_i8(&xp[1].qs)), lane(sv, 2 * c + 1));
-        }
-    }
-    hsum(_mm256_sub_ps(_mm256_add_ps(acc0, acc1), accm))
+/// A Q4_K/Q5_K super-block, unpacked: each group's unsigned quants, `d·sc` and `dmin·m`.
+#[derive(Clone, Copy)]
+pub(super) struct Kq8 {
+    pub(super) q: [__m256i; 8],
+    pub(super) dsc: __m256,
+    pub(super) dm: __m256,
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q5_k(w: &[BlockQ5K], x: &[[BlockQ8x32; 8]]) -> f32 {
-    let zero = _mm256_setzero_ps();
-    let low4 = _mm256_set1_epi8(0x0F);
-    let (mut acc0, mut acc1, mut accm) = (zero, zero, zero);
-    for (b, xs) in w.iter().zip(x) {
-        let (sv, m) = k4_group_scales(b.d, b.dmin, &b.scales, xs, accm);
-        accm = m;
-        let qh = load_u8(&b.qh);
-        for (c, (q, xp)) in b.qs.as_chunks::<32>().0.iter().zip(xs.as_chunks::<2>().0).enumerate() {
-            let v = load_u8(q);
-            let lo = _mm256_or_si256(_mm256_and_si256(v, low4), k5_fifth_bits(qh, 2 * c));
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
-            let hi = _mm256_or_si256(hi, k5_fifth_bits(qh, 2 * c + 1));
-            acc0 = fma_scaled(acc0, dot_u8_i8(lo, load_i8(&xp[0].qs)), lane(sv, 2 * c));
-            acc1 = fma_scaled(acc1, dot_u8_i8(hi, load_i8(&xp[1].qs)), lane(sv, 2 * c + 1));
-        }
-    }
-    hsum(_mm256_sub_ps(_mm256_add_ps(acc0, acc1), accm))
-}
-
-/// The fifth bits (as 0x10) of group `g` of a Q5_K block: bit `g` of each `qh` byte.
+/// The scales and the nibbles of a Q4_K/Q5_K super-block: `d·sc_g`, `dmin·m_g`, and 32 bytes
+/// per pair of groups holding group 2c (low nibbles) and 2c+1 (high nibbles).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k5_fifth_bits(qh: __m256i, g: usize) -> __m256i {
-    let bit = _mm256_set1_epi8((1u8 << g) as i8);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+pub(super) fn k4_unpack(d: LeF16, dmin: LeF16, scales: &[u8; 12], qs: &[u8; 128]) -> Kq8 {
+    let (sc, m) = k4_scales_mins(scales);
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut q = [_mm256_setzero_si256(); 8];
+    for (pair, v) in q.as_chunks_mut::<2>().0.iter_mut().zip(qs.as_chunks::<32>().0) {
+        let v = load_u8(v);
+        pair[0] = _mm256_and_si256(v, low4);
+        pair[1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
+    }
+    Kq8 {
+        q,
+        dsc: _mm256_mul_ps(bytes_to_ps(sc), _mm256_set1_ps(f16_to_f32(d))),
+        dm: _mm256_mul_ps(bytes_to_ps(m), _mm256_set1_ps(f16_to_f32(dmin))),
+    }
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6_k(w: &[BlockQ6K], x: &[[BlockQ8x32; 8]]) -> f32 {
-    let zero = _mm256_setzero_ps();
-    let (mut acc0, mut acc1) = (zero, zero);
-    for (b, xs) in w.iter().zip(x) {
-        let sv = _mm256_mul_ps(group_d(xs), _mm256_set1_ps(f16_to_f32(b.d)));
-        let sc16 = q6k_scales_i16(&b.scales);
-        // Two halves of 128 weights: 64 bytes of low nibbles, 32 bytes of high bit pairs.
-        let ql = b.ql.as_chunks::<32>().0;
-        let qh = b.qh.as_chunks::<32>().0;
-        for h in 0..2 {
-            let (l0, l1, hb) = (load_u8(&ql[2 * h]), load_u8(&ql[2 * h + 1]), load_u8(&qh[h]));
-            for k in 0..4 {
-                let g = 4 * h + k;
-                let q = q6k_group(if k % 2 == 0 { l0 } else { l1 }, hb, k);
-                let p = q6k_dot(q, load_i8(&xs[g].qs), sc16, g);
-                if k % 2 == 0 {
-                    acc0 = fma_scaled(acc0, p, lane(sv, g));
-                } else {
-                    acc1 = fma_scaled(acc1, p, lane(sv, g));
-                }
+fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
+    let mut u = k4_unpack(b.d, b.dmin, &b.scales, &b.qs);
+    let qh = load_u8(&b.qh);
+    let sixteen = _mm256_set1_epi8(0x10);
+    // The fifth bit of group g is bit g of each qh byte.
+    for (g, q) in u.q.iter_mut().enumerate() {
+        let bit = _mm256_set1_epi8((1u8 << g) as i8);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+        *q = _mm256_or_si256(*q, _mm256_and_si256(set, sixteen));
+    }
+    u
+}
+
+/// The Q4_K/Q5_K loop: one super-block at a time, unpacked once for all `T` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn kquant<B: Block, const T: usize>(
+    w: &[B],
+    xs: [&[BlockQ8x32]; T],
+    unpack: impl Fn(&B) -> Kq8,
+) -> [f32; T] {
+    let x8 = superblock_x(xs);
+    let mut acc = zero_acc::<T>();
+    for (i, b) in w.iter().enumerate() {
+        let u = unpack(b);
+        for (a, x) in acc.iter_mut().zip(at(&x8, i)) {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (g, p) in p.iter_mut().enumerate() {
+                *p = dot_u8_i8(u.q[g], load_i8(&x[g].qs));
             }
+            *a = kquant_apply(*a, &u, reduce8(&p), x);
         }
     }
-    hsum(_mm256_add_ps(acc0, acc1))
+    totals(&acc)
 }
 
-/// The 16 signed sub-block scales of a Q6_K block as i16 lanes.
+/// Adds a super-block's group dots `r` (lane g: group g) and its min term to `acc`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6k_scales_i16(scales: &[i8; 16]) -> __m256i {
+pub(super) fn kquant_apply(acc: Acc, u: &Kq8, r: __m256i, x: &[BlockQ8x32; 8]) -> Acc {
+    let xd = group_d(x);
+    Acc {
+        dot: fma_scaled(acc.dot, r, _mm256_mul_ps(u.dsc, xd)),
+        min: _mm256_fnmadd_ps(_mm256_mul_ps(u.dm, xd), group_sums(x), acc.min),
+    }
+}
+
+/// A Q6_K super-block, unpacked: each group's unsigned 6-bit quants (q + 32) and its pair of
+/// sub-block scales spread over i16 lanes (lanes 0..8 and 8..16).
+#[derive(Clone, Copy)]
+pub(super) struct Q6k8 {
+    pub(super) q: [__m256i; 8],
+    pub(super) sc: [__m256i; 8],
+    pub(super) d: __m256,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn unpack_q6_k(b: &BlockQ6K) -> Q6k8 {
+    // Two halves of 128 weights: 64 bytes of low nibbles, 32 bytes of high bit pairs.
+    let ql = b.ql.as_chunks::<32>().0;
+    let qh = b.qh.as_chunks::<32>().0;
+    let mut q = [_mm256_setzero_si256(); 8];
+    for (g, q) in q.iter_mut().enumerate() {
+        let (h, k) = (g / 4, g % 4);
+        *q = q6k_group(load_u8(&ql[2 * h + k % 2]), load_u8(&qh[h]), k);
+    }
     // SAFETY: `scales` is 16 readable bytes and the load has no alignment requirement.
-    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(scales.as_ptr().cast()) })
+    let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
+    // Group g uses scales 2g (its first 16 weights) and 2g+1: i32 lane g of sc16 holds that
+    // pair; broadcast it, then pick its low i16 for the low 128 bits and its high i16 for the
+    // high.
+    let pick = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+        2, 3,
+    );
+    let mut sc = [_mm256_setzero_si256(); 8];
+    for (g, sc) in sc.iter_mut().enumerate() {
+        let pair = _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(g as i32));
+        *sc = _mm256_shuffle_epi8(pair, pick);
+    }
+    Q6k8 {
+        q,
+        sc,
+        d: _mm256_set1_ps(f16_to_f32(b.d)),
+    }
+}
+
+/// i32 lanes summing to `sc_lo·Σ(q-32)·x` over the group's first 16 weights plus `sc_hi·…`
+/// over its last 16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6k_dot(q: __m256i, sc: __m256i, x: __m256i) -> __m256i {
+    // Per i16 pair: |q·x| ≤ 2·63·127 and |32·x| ≤ 2·32·127, so neither saturates.
+    let t = _mm256_sub_epi16(
+        _mm256_maddubs_epi16(q, x),
+        _mm256_maddubs_epi16(_mm256_set1_epi8(32), x),
+    );
+    _mm256_madd_epi16(t, sc)
+}
+
+/// The Q6_K loop: one super-block at a time, unpacked once for all `T` tokens.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_k<const T: usize>(w: &[BlockQ6K], xs: [&[BlockQ8x32]; T]) -> [f32; T] {
+    let x8 = superblock_x(xs);
+    let mut acc = zero_acc::<T>();
+    for (i, b) in w.iter().enumerate() {
+        let u = unpack_q6_k(b);
+        for (a, x) in acc.iter_mut().zip(at(&x8, i)) {
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (g, p) in p.iter_mut().enumerate() {
+                *p = q6k_dot(u.q[g], u.sc[g], load_i8(&x[g].qs));
+            }
+            a.dot = fma_scaled(a.dot, reduce8(&p), _mm256_mul_ps(u.d, group_d(x)));
+        }
+    }
+    totals(&acc)
 }
 
 /// Unsigned 6-bit quants (0..64) of group `k` (0..4) of a Q6_K half: low nibbles of `l` for
@@ -411,26 +630,6 @@ pub(super) fn q6k_group(l: __m256i, hb: __m256i, k: usize) -> __m256i {
         _ => _mm256_srli_epi16::<2>(hb),
     };
     _mm256_or_si256(nib, _mm256_and_si256(top, _mm256_set1_epi8(0x30)))
-}
-
-/// i32 lanes summing to `sc[2g]·Σ(q-32)·x` over the first 16 elements plus `sc[2g+1]·…` over
-/// the last 16 of group `g`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6k_dot(q: __m256i, x: __m256i, sc16: __m256i, g: usize) -> __m256i {
-    // Σ (q-32)·x per i16 pair: |q·x pair| ≤ 16002 and |32·x pair| ≤ 8128, so no saturation.
-    let t = _mm256_sub_epi16(
-        _mm256_maddubs_epi16(q, x),
-        _mm256_maddubs_epi16(_mm256_set1_epi8(32), x),
-    );
-    // i16 lanes 0..8 get scale 2g, lanes 8..16 scale 2g+1: broadcast i32 lane g (which holds
-    // that pair), then pick its low i16 in the low 128 bits and its high i16 in the high.
-    let pair = _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(g as i32));
-    let pick = _mm256_setr_epi8(
-        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
-        2, 3,
-    );
-    _mm256_madd_epi16(t, _mm256_shuffle_epi8(pair, pick))
 }
 
 // ---- float weights ----
@@ -462,21 +661,4 @@ fn dot_float<const B8: usize, const B32: usize>(
         acc[0] = _mm256_fmadd_ps(load8(cw), load_ps(cx), acc[0]);
     }
     hsum4(acc) + vec_dot_f32(ty, w_tail, x_tail)
-}
-
-// ---- several tokens per weight row ----
-
-/// `out[t] = dot(w, x[t * stride..][..nb])` for each token `t` (see `Kernels::dot_q8_multi`).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q8_multi(
-    ty: GgmlType,
-    w: &[u8],
-    x: &[BlockQ8x32],
-    nb: usize,
-    stride: usize,
-    out: &mut [f32],
-) {
-    for (t, o) in out.iter_mut().enumerate() {
-        *o = dot_q8(ty, w, &x[t * stride..t * stride + nb]);
-    }
 }

@@ -15,7 +15,10 @@ pub mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
-use marco_quantize::blocks::{as_blocks, Block};
+use marco_quantize::act::BlockQ8x32;
+use marco_quantize::blocks::{
+    as_blocks, Block, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, LeF16,
+};
 
 /// The whole weight blocks of `w` that have activations: each weight block meets `per`
 /// activation blocks, and a row with too few of either is cut to what both have (as the
@@ -27,21 +30,133 @@ pub(crate) fn row_blocks<B: Block>(w: &[u8], x_blocks: usize, per: usize) -> &[B
     w.get(..n * size).and_then(as_blocks::<B>).unwrap_or(&[])
 }
 
-/// Folds `step` over (weight block, activation) pairs into two accumulators, alternating, so
-/// that consecutive vector FMAs do not wait on each other's latency. Returns both.
+/// A row of 32-element weight blocks cut into groups of 8, with the matching activation
+/// groups of `T` token rows (each at least as long as the weights). The last, partial group is
+/// padded with zero weight and activation blocks, which add nothing to any dot product, so
+/// the kernels only need a full-group path.
+///
+/// (Plain data helpers like this one stay outside the `#[target_feature]` kernels: a closure
+/// written inside a kernel inherits its features and then cannot be inlined into a helper
+/// compiled without them.)
+pub(crate) struct Groups8<'a, B, const T: usize> {
+    pub(crate) full: &'a [[B; 8]],
+    x: [&'a [[BlockQ8x32; 8]]; T],
+    tail: Option<([B; 8], [[BlockQ8x32; 8]; T])>,
+}
+
+impl<'a, B: Block, const T: usize> Groups8<'a, B, T> {
+    #[inline(always)]
+    pub(crate) fn new(w: &'a [B], xs: [&'a [BlockQ8x32]; T]) -> Self {
+        let (full, rest) = w.as_chunks::<8>();
+        let tail = (!rest.is_empty()).then(|| {
+            let (n, start) = (rest.len(), 8 * full.len());
+            let mut wp = [B::zeroed(); 8];
+            wp[..n].copy_from_slice(rest);
+            let xp = xs.map(|x| {
+                let mut p = [BlockQ8x32::default(); 8];
+                p[..n].copy_from_slice(&x[start..start + n]);
+                p
+            });
+            (wp, xp)
+        });
+        Groups8 {
+            full,
+            x: xs.map(|x| x.as_chunks::<8>().0),
+            tail,
+        }
+    }
+
+    /// Each token's activations for full group `i`.
+    #[inline(always)]
+    pub(crate) fn x(&self, i: usize) -> [&'a [BlockQ8x32; 8]; T] {
+        self.x.map(|x| &x[i])
+    }
+
+    /// The padded last group, if the row has one.
+    #[inline(always)]
+    pub(crate) fn tail(&self) -> Option<(&[B; 8], [&[BlockQ8x32; 8]; T])> {
+        self.tail
+            .as_ref()
+            .map(|(w, x)| (w, std::array::from_fn(|t| &x[t])))
+    }
+}
+
+/// Each token's activations cut into the 8-block groups that meet one super-block each.
 #[inline(always)]
-pub(crate) fn fold2<B, X, V: Copy>(w: &[B], x: &[X], zero: V, step: impl Fn(V, &B, &X) -> V) -> (V, V) {
-    let (wp, wr) = w.as_chunks::<2>();
-    let (xp, xr) = x.as_chunks::<2>();
-    let (mut a0, mut a1) = (zero, zero);
-    for ([b0, b1], [x0, x1]) in wp.iter().zip(xp) {
-        a0 = step(a0, b0, x0);
-        a1 = step(a1, b1, x1);
+pub(crate) fn superblock_x<const T: usize>(xs: [&[BlockQ8x32]; T]) -> [&[[BlockQ8x32; 8]]; T] {
+    xs.map(|x| x.as_chunks::<8>().0)
+}
+
+/// Each token's activations for super-block `i`.
+#[inline(always)]
+pub(crate) fn at<'a, const T: usize>(
+    x8: &[&'a [[BlockQ8x32; 8]]; T],
+    i: usize,
+) -> [&'a [BlockQ8x32; 8]; T] {
+    x8.map(|x| &x[i])
+}
+
+/// A legacy (32-element) block's f16 scale and, where it has one, min.
+pub(crate) trait LegacyBlock: Block {
+    fn d(&self) -> LeF16;
+    fn m(&self) -> LeF16 {
+        LeF16::default()
     }
-    if let (Some(b), Some(xb)) = (wr.first(), xr.first()) {
-        a0 = step(a0, b, xb);
+}
+
+macro_rules! legacy_block {
+    ($($b:ty: $($m:ident)?;)*) => {$(
+        impl LegacyBlock for $b {
+            #[inline(always)]
+            fn d(&self) -> LeF16 {
+                self.d
+            }
+            $(
+            #[inline(always)]
+            fn m(&self) -> LeF16 {
+                self.$m
+            })?
+        }
+    )*};
+}
+
+legacy_block!(BlockQ4_0: ; BlockQ4_1: m; BlockQ5_0: ; BlockQ5_1: m; BlockQ8_0: ;);
+
+/// The scales of 8 legacy blocks.
+#[inline(always)]
+pub(crate) fn d8<B: LegacyBlock>(w: &[B; 8]) -> [LeF16; 8] {
+    std::array::from_fn(|i| w[i].d())
+}
+
+/// The mins of 8 legacy blocks.
+#[inline(always)]
+pub(crate) fn m8<B: LegacyBlock>(w: &[B; 8]) -> [LeF16; 8] {
+    std::array::from_fn(|i| w[i].m())
+}
+
+/// Fills `out` four tokens at a time with `quad(first token)` where it has a kernel (else, and
+/// for the last `len % 4` tokens, one at a time with `single(token)`).
+#[inline(always)]
+pub(crate) fn in_quads(
+    out: &mut [f32],
+    quad: impl Fn(usize) -> Option<[f32; 4]>,
+    single: impl Fn(usize) -> f32,
+) {
+    let full = out.len() / 4 * 4;
+    let (quads, rest) = out.split_at_mut(full);
+    for (c, o) in quads.as_chunks_mut::<4>().0.iter_mut().enumerate() {
+        match quad(4 * c) {
+            Some(r) => *o = r,
+            None => {
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = single(4 * c + i);
+                }
+            }
+        }
     }
-    (a0, a1)
+    for (i, v) in rest.iter_mut().enumerate() {
+        *v = single(full + i);
+    }
 }
 
 /// The 8 six-bit scales and 8 six-bit mins of a `Q4_K`/`Q5_K` block, one byte each (as

@@ -1,0 +1,222 @@
+//! `marco bench`: prompt-processing and decoding speed, measured like llama-bench
+//! (`-p 512 -n 128 -t 1,2 -r 5`), with llama-bench's JSON field names so tools that read one
+//! read the other.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+use marco::backend::BackendKind;
+use marco::engine::{Engine, EngineOptions};
+use marco::model::Logits;
+use marco::models;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// GGUF model file [default: the cached default model].
+    #[arg(long, short = 'm')]
+    model: Option<PathBuf>,
+    /// Compute backend: cpu, gpu or auto.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// Prompt lengths to test (comma-separated; 0 skips the prompt tests).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (comma-separated; 0 skips the generation tests).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Thread counts to test (comma-separated) [default: one per core].
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    repetitions: usize,
+    /// Print JSON (llama-bench's field names) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Sample {
+    n_threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    backend: String,
+    ts: Vec<f64>,
+    ns: Vec<f64>,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    ensure!(a.repetitions > 0, "--repetitions must be at least 1");
+    let path = models::resolve_model(a.model.as_deref())?;
+    let threads = if a.threads.is_empty() {
+        vec![marco::backend::cpu::default_threads()]
+    } else {
+        a.threads.clone()
+    };
+    let ctx = a
+        .n_prompt
+        .iter()
+        .chain(&a.n_gen)
+        .copied()
+        .max()
+        .unwrap_or(1)
+        + 1;
+    let mut samples = Vec::new();
+    for &t in &threads {
+        let opts = EngineOptions {
+            backend: a.backend,
+            threads: t,
+            ctx,
+        };
+        let mut engine = Engine::load(&path, &opts)?;
+        let backend = engine.model.backend_description();
+        for &n in a.n_prompt.iter().filter(|&&n| n > 0) {
+            samples.push(run_test(&mut engine, &backend, t, n, 0, a.repetitions)?);
+        }
+        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+            samples.push(run_test(&mut engine, &backend, t, 0, n, a.repetitions)?);
+        }
+    }
+    let size = std::fs::metadata(&path)?.len();
+    if a.json {
+        print_json(&samples, &path, size);
+    } else {
+        print_table(&samples, &path, size);
+    }
+    eprintln!("marco: peak RSS {}", peak_rss_text());
+    Ok(())
+}
+
+fn run_test(
+    engine: &mut Engine,
+    backend: &str,
+    n_threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+) -> Result<Sample> {
+    let n_vocab = engine.model.config().n_vocab as u32;
+    // Deterministic pseudo-random tokens, like llama-bench's random prompt.
+    let prompt: Vec<u32> = (0..n_prompt as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab.min(150_000))
+        .collect();
+    let mut logits = Vec::new();
+    let mut once = |engine: &mut Engine| -> Result<f64> {
+        engine.model.reset();
+        let t0 = Instant::now();
+        if n_prompt > 0 {
+            engine.model.forward(&prompt, Logits::Last, &mut logits)?;
+        }
+        let mut token = 198u32 % n_vocab;
+        for _ in 0..n_gen {
+            engine.model.forward(&[token], Logits::Last, &mut logits)?;
+            token = marco::generate::argmax(&logits);
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    once(engine)?; // warm-up, as llama-bench does
+    let mut ts = Vec::new();
+    let mut ns = Vec::new();
+    for _ in 0..reps {
+        let secs = once(engine)?;
+        ts.push((n_prompt + n_gen) as f64 / secs);
+        ns.push(secs * 1e9);
+    }
+    Ok(Sample {
+        n_threads,
+        n_prompt,
+        n_gen,
+        backend: backend.to_string(),
+        ts,
+        ns,
+    })
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn test_name(s: &Sample) -> String {
+    if s.n_gen == 0 {
+        format!("pp{}", s.n_prompt)
+    } else {
+        format!("tg{}", s.n_gen)
+    }
+}
+
+fn print_table(samples: &[Sample], path: &std::path::Path, size: u64) {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    println!("| model | size | backend | threads | test | t/s |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: |");
+    for s in samples {
+        let (m, sd) = mean_sd(&s.ts);
+        println!(
+            "| {name} | {:.2} MiB | {} | {} | {} | {m:.2} ± {sd:.2} |",
+            size as f64 / (1 << 20) as f64,
+            s.backend,
+            s.n_threads,
+            test_name(s)
+        );
+    }
+}
+
+fn print_json(samples: &[Sample], path: &std::path::Path, size: u64) {
+    let rows: Vec<serde_json::Value> = samples
+        .iter()
+        .map(|s| {
+            let (avg_ts, stddev_ts) = mean_sd(&s.ts);
+            let (avg_ns, stddev_ns) = mean_sd(&s.ns);
+            serde_json::json!({
+                "build_commit": "marco",
+                "build_number": 0,
+                "cpu_info": marco::backend::cpu::kernels::Kernels::detect().name(),
+                "backends": s.backend,
+                "model_filename": path.display().to_string(),
+                "model_size": size,
+                "n_threads": s.n_threads,
+                "n_prompt": s.n_prompt,
+                "n_gen": s.n_gen,
+                "avg_ns": avg_ns as u64,
+                "stddev_ns": stddev_ns as u64,
+                "avg_ts": avg_ts,
+                "stddev_ts": stddev_ts,
+                "samples_ns": s.ns.iter().map(|&x| x as u64).collect::<Vec<_>>(),
+                "samples_ts": s.ts,
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&rows).unwrap_or_default()
+    );
+}
+
+/// Peak resident set size of this process (Linux: VmHWM), for the record.
+pub fn peak_rss_text() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l["VmHWM:".len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
