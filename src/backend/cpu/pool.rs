@@ -1,11 +1,16 @@
 //! A small fork-join thread pool for the CPU ops.
 //!
-//! Why not rayon: an op lasts tens of microseconds during decoding, and pools that spin for work
-//! collapse on a shared 2-vCPU machine as soon as another process is busy. This pool hands out tasks
-//! from an atomic counter (so a descheduled worker costs only its current task, the others take the
-//! rest), spins only briefly, and then sleeps on a condition variable.
+//! Why not rayon or OpenMP-style pools: an op lasts tens of microseconds while decoding, and pools
+//! that spin, or that wait for every worker at a barrier, collapse on a shared 2-vCPU machine as
+//! soon as another process is busy: each op then waits for a descheduled worker. Here:
+//! - tasks are claimed from one atomic counter, so whoever runs does the work; a worker that was
+//!   descheduled finds nothing left and costs nothing;
+//! - the caller waits for *tasks* to complete, not for workers to check in;
+//! - the counter carries the job's generation, so a late worker can never claim a task of a newer
+//!   job with an older job's closure;
+//! - idle workers spin only briefly, then sleep on a condition variable.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,26 +18,26 @@ use std::time::{Duration, Instant};
 /// A task body: `(task_index, worker_index)`.
 type TaskFn<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
-/// Pointer to the current job's closure, valid while `run` is blocked waiting for it.
+/// Pointer to the current job's closure; valid while its generation's tasks are unfinished.
 #[derive(Clone, Copy)]
 struct JobPtr(*const TaskFn<'static>);
-// SAFETY: the closure is `Sync` and outlives every use (run() waits for all workers to finish).
+// SAFETY: the closure is `Sync`; see `ThreadPool::run` for its lifetime.
 unsafe impl Send for JobPtr {}
 
-struct State {
-    generation: u64,
+struct Slot {
+    generation: u32,
     job: Option<JobPtr>,
     n_tasks: usize,
-    busy_workers: usize,
     shutdown: bool,
 }
 
 struct Shared {
-    state: Mutex<State>,
-    work_ready: Condvar,
-    work_done: Condvar,
-    next_task: AtomicUsize,
-    generation_hint: AtomicUsize,
+    slot: Mutex<Slot>,
+    wake: Condvar,
+    /// `generation << 32 | next task index` of the current job.
+    claim: AtomicU64,
+    /// Tasks of the current job finished so far.
+    done: AtomicUsize,
 }
 
 /// Fork-join pool with `n_threads - 1` workers; the calling thread is worker 0.
@@ -40,27 +45,26 @@ pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
+    generation: std::cell::Cell<u32>,
 }
 
 /// How long an idle worker polls before it sleeps: long enough to bridge the gap between two
-/// consecutive ops of one token, short enough not to steal a busy neighbour's core.
-const SPIN: Duration = Duration::from_micros(50);
+/// consecutive ops of one token, short enough not to take a busy neighbour's core for long.
+const SPIN: Duration = Duration::from_micros(30);
 
 impl ThreadPool {
     pub fn new(n_threads: usize) -> ThreadPool {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
+            slot: Mutex::new(Slot {
                 generation: 0,
                 job: None,
                 n_tasks: 0,
-                busy_workers: 0,
                 shutdown: false,
             }),
-            work_ready: Condvar::new(),
-            work_done: Condvar::new(),
-            next_task: AtomicUsize::new(0),
-            generation_hint: AtomicUsize::new(0),
+            wake: Condvar::new(),
+            claim: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -75,6 +79,7 @@ impl ThreadPool {
             shared,
             workers,
             n_threads,
+            generation: std::cell::Cell::new(0),
         }
     }
 
@@ -91,72 +96,82 @@ impl ThreadPool {
             (0..n_tasks).for_each(|t| f(t, 0));
             return;
         }
-        // SAFETY: we erase the closure's lifetime; it is only called until `busy_workers`
-        // drops to zero, which we wait for below before returning.
+        let generation = self.generation.get().wrapping_add(1);
+        self.generation.set(generation);
+        // SAFETY: the lifetime is erased; a worker only calls the closure for a task it claimed
+        // under this generation, and we return only after every such task has completed.
         let job = JobPtr(unsafe { std::mem::transmute::<&TaskFn<'_>, *const TaskFn<'static>>(f) });
+        let s = &self.shared;
+        s.done.store(0, Ordering::Relaxed);
         {
-            let mut st = self.shared.state.lock().unwrap();
-            self.shared.next_task.store(0, Ordering::SeqCst);
-            st.job = Some(job);
-            st.n_tasks = n_tasks;
-            st.generation += 1;
-            st.busy_workers = self.workers.len();
-            self.shared
-                .generation_hint
-                .store(st.generation as usize, Ordering::Release);
-            self.shared.work_ready.notify_all();
+            let mut slot = s.slot.lock().unwrap();
+            slot.generation = generation;
+            slot.job = Some(job);
+            slot.n_tasks = n_tasks;
+            s.claim.store((generation as u64) << 32, Ordering::Release);
         }
-        drain_tasks(&self.shared, n_tasks, f, 0);
-        let mut st = self.shared.state.lock().unwrap();
-        while st.busy_workers > 0 {
-            st = self.shared.work_done.wait(st).unwrap();
+        s.wake.notify_all();
+        run_tasks(s, generation, n_tasks, f, 0);
+        while s.done.load(Ordering::Acquire) < n_tasks {
+            // A worker holds the last tasks; give it the core if it needs it.
+            std::thread::yield_now();
         }
-        st.job = None;
+        s.slot.lock().unwrap().job = None;
     }
 }
 
-fn drain_tasks(shared: &Shared, n_tasks: usize, f: &TaskFn<'_>, worker: usize) {
-    loop {
-        let task = shared.next_task.fetch_add(1, Ordering::Relaxed);
-        if task >= n_tasks {
-            break;
-        }
+/// Claims and runs tasks of `generation` until none are left.
+fn run_tasks(s: &Shared, generation: u32, n_tasks: usize, f: &TaskFn<'_>, worker: usize) {
+    while let Some(task) = claim(s, generation, n_tasks) {
         f(task, worker);
+        s.done.fetch_add(1, Ordering::AcqRel);
     }
 }
 
-fn worker_loop(shared: &Shared, index: usize) {
-    let mut seen_generation = 0u64;
+fn claim(s: &Shared, generation: u32, n_tasks: usize) -> Option<usize> {
+    let mut cur = s.claim.load(Ordering::Acquire);
     loop {
-        spin_for_work(shared, seen_generation);
-        let (job, n_tasks) = {
-            let mut st = shared.state.lock().unwrap();
-            while st.generation == seen_generation && !st.shutdown {
-                st = shared.work_ready.wait(st).unwrap();
+        let (gen, next) = ((cur >> 32) as u32, (cur & 0xffff_ffff) as usize);
+        if gen != generation || next >= n_tasks {
+            return None;
+        }
+        match s
+            .claim
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return Some(next),
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+fn worker_loop(s: &Shared, index: usize) {
+    let mut seen = 0u32;
+    loop {
+        spin_for_work(s, seen);
+        let (generation, job, n_tasks) = {
+            let mut slot = s.slot.lock().unwrap();
+            while slot.generation == seen && !slot.shutdown {
+                slot = s.wake.wait(slot).unwrap();
             }
-            if st.shutdown {
+            if slot.shutdown {
                 return;
             }
-            seen_generation = st.generation;
-            (
-                st.job.expect("a new generation always carries a job"),
-                st.n_tasks,
-            )
+            seen = slot.generation;
+            match slot.job {
+                Some(job) => (slot.generation, job, slot.n_tasks),
+                None => continue, // that job is already finished
+            }
         };
-        // SAFETY: see `ThreadPool::run`.
+        // SAFETY: see `ThreadPool::run`; claims fail once the generation is over.
         let f = unsafe { &*job.0 };
-        drain_tasks(shared, n_tasks, f, index);
-        let mut st = shared.state.lock().unwrap();
-        st.busy_workers -= 1;
-        if st.busy_workers == 0 {
-            shared.work_done.notify_one();
-        }
+        run_tasks(s, generation, n_tasks, f, index);
     }
 }
 
-fn spin_for_work(shared: &Shared, seen_generation: u64) {
+fn spin_for_work(s: &Shared, seen: u32) {
     let start = Instant::now();
-    while shared.generation_hint.load(Ordering::Acquire) as u64 == seen_generation {
+    while (s.claim.load(Ordering::Relaxed) >> 32) as u32 == seen {
         if start.elapsed() > SPIN {
             return;
         }
@@ -166,8 +181,8 @@ fn spin_for_work(shared: &Shared, seen_generation: u64) {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.state.lock().unwrap().shutdown = true;
-        self.shared.work_ready.notify_all();
+        self.shared.slot.lock().unwrap().shutdown = true;
+        self.shared.wake.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -197,12 +212,24 @@ mod tests {
     #[test]
     fn every_task_runs_once() {
         let pool = ThreadPool::new(3);
-        for n in [0, 1, 2, 7, 100] {
+        for n in [0, 1, 2, 7, 100, 1000] {
             let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             pool.run(n, &|t, _| {
                 counts[t].fetch_add(1, Ordering::Relaxed);
             });
             assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    #[test]
+    fn many_short_jobs_in_a_row() {
+        let pool = ThreadPool::new(2);
+        let total = AtomicUsize::new(0);
+        for _ in 0..20_000 {
+            pool.run(3, &|_, _| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 60_000);
     }
 }
