@@ -8,6 +8,8 @@ use marco::backend::BackendKind;
 use marco::engine::{Engine, EngineOptions};
 use marco::models::DEFAULT_MODEL;
 
+pub mod checks;
+
 /// `../shared/reference`, beside the repository (as CI lays it out).
 pub fn reference_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")

@@ -139,7 +139,8 @@ impl Backend for CpuBackend {
             dequantize_row(info.ty, file.data_for(info), &mut v);
             Some(v)
         } else {
-            let is_supported = matches!(activation_kind(info.ty), ActKind::F32) || cols.is_multiple_of(QK32);
+            let is_supported =
+                matches!(activation_kind(info.ty), ActKind::F32) || cols.is_multiple_of(QK32);
             ensure!(
                 is_supported,
                 "{}: tensor '{name}' rows of {cols} are not a multiple of {QK32}",
@@ -330,6 +331,7 @@ impl Backend for CpuBackend {
         let scratch = SharedMut(self.scratch.as_mut_ptr());
         let max_ctx = kv.max_ctx;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let kernels = self.kernels;
         let qs = &self.bufs[q.0];
         let group = shape.n_head / shape.n_head_kv;
         let hd = shape.head_dim;
@@ -344,7 +346,7 @@ impl Backend for CpuBackend {
             let dst = unsafe { out_ptr.slice(t * q_width + h * hd, hd) };
             for (j, s) in scores.iter_mut().enumerate() {
                 let kr = &kc[j * kv_dim + kv_off..][..hd];
-                *s = kernels::dot_f32(qv, kr) * scale;
+                *s = kernels.dot_plain(qv, kr) * scale;
             }
             softmax_in_place(scores);
             dst.fill(0.0);
@@ -458,6 +460,9 @@ impl RowPlan {
     }
 }
 
+/// Tokens handled by one multi-token kernel call.
+const TOKEN_GROUP: usize = 4;
+
 struct MatCtx<'a> {
     weights: &'a [CpuWeight],
     jobs: &'a [MatJob],
@@ -481,16 +486,26 @@ impl MatCtx<'_> {
         for r in r0..r1 {
             let wrow = w.row(r);
             let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
-            for t in 0..self.n_tokens {
-                let d = if q8 {
+            // SAFETY: each task owns rows r0..r1 of this output; row r of token t is at t*rows+r.
+            let put = |t: usize, d: f32| unsafe { out.slice(t * w.rows + r, 1)[0] = d + b };
+            if q8 {
+                // Up to TOKEN_GROUP tokens per call: the weight row is unpacked once for all.
+                let mut t = 0;
+                while t < self.n_tokens {
+                    let n = (self.n_tokens - t).min(TOKEN_GROUP);
+                    let mut dots = [0.0f32; TOKEN_GROUP];
                     self.kernels
-                        .dot_q8(w.ty, wrow, &self.xq[t * nb..(t + 1) * nb])
-                } else {
-                    self.kernels
-                        .dot_f32(w.ty, wrow, &self.x[t * w.cols..(t + 1) * w.cols])
-                };
-                // SAFETY: each task owns rows r0..r1 of this output.
-                unsafe { out.slice(t * w.rows + r, 1)[0] = d + b };
+                        .dot_q8_multi(w.ty, wrow, &self.xq[t * nb..], nb, &mut dots[..n]);
+                    for (i, &d) in dots[..n].iter().enumerate() {
+                        put(t + i, d);
+                    }
+                    t += n;
+                }
+            } else {
+                for t in 0..self.n_tokens {
+                    let x = &self.x[t * w.cols..(t + 1) * w.cols];
+                    put(t, self.kernels.dot_f32(w.ty, wrow, x));
+                }
             }
         }
     }
