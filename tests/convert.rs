@@ -321,9 +321,10 @@ fn q8_0_and_q4_k_m_load_and_translate() {
                 assert_eq!(t.ty, want, "{}", t.name);
             }
         }
+        // Cases 1 and 2 (no near ties before EOS), to keep the test short.
         let cases = greedy_cases();
         let (mut clear, mut agree) = (0, 0);
-        for case in &cases {
+        for case in &cases[1..3] {
             let (c, a) = teacher_forced_agreement(&mut engine, case);
             clear += c;
             agree += a;
@@ -332,11 +333,13 @@ fn q8_0_and_q4_k_m_load_and_translate() {
             "{ft}: teacher-forced top-1 equals the reference at {agree} of {clear} clear steps"
         );
         // Quantization moves some logits; the greedy path must still be the reference's almost
-        // everywhere (the default Q4_K_M model itself agrees at every clear step).
+        // everywhere.
         assert!(agree * 100 >= clear * 95, "{ft}: {agree} of {clear}");
+        // Case 1 (English → Chinese) has no near tie: the translation is the reference's.
         let got = greedy_until_eos(&mut engine, &cases[1].prompt_ids);
-        let text = engine.tokenizer.decode(&got);
-        assert!(!text.trim().is_empty(), "{ft}: empty translation");
+        assert_eq!(got, cases[1].until_eos, "{ft}: case 1");
+        let text = engine.tokenizer.decode(&got[..got.len() - 1]);
+        assert_eq!(text, cases[1].greedy_text, "{ft}: case 1");
     }
 }
 

@@ -296,13 +296,26 @@ fn run(input: &Path, output: &Path, ft: FileType) -> ConvertReport {
     convert(input, output, &opts(ft)).unwrap()
 }
 
-/// The f32 values of a Hugging Face tensor of `tensors` (bf16 widened exactly).
+/// The f32 values of a Hugging Face tensor of `tensors` (widened exactly).
 fn source_values(tensors: &[St], hf_name: &str) -> Vec<f32> {
     let t = tensors.iter().find(|t| t.name == hf_name).unwrap();
-    t.data
-        .chunks_exact(2)
-        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-        .collect()
+    match t.dtype {
+        "F32" => t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        "F16" => t
+            .data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => t
+            .data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
 }
 
 /// All rows of a GGUF tensor, dequantized with our reference dequantizer.
@@ -379,11 +392,29 @@ fn mixes_follow_llama_cpp_per_layer() {
     assert_eq!(ty("output.weight".into()), GgmlType::Q6_K);
 }
 
+/// Store tensor `hf_name` of `tensors` as F16 or F32 instead of BF16 (same values).
+fn restore_as(tensors: &mut [St], hf_name: &str, dtype: &'static str) {
+    let values = source_values(tensors, hf_name);
+    let t = tensors.iter_mut().find(|t| t.name == hf_name).unwrap();
+    t.dtype = dtype;
+    t.data = match dtype {
+        "F16" => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+}
+
 #[test]
 fn float_output_holds_the_checkpoint_values_exactly() {
     let dir = test_dir("exact");
     let ckpt = dir.join("ckpt");
-    let tensors = write_checkpoint(&ckpt, K_DIMS, false, 0);
+    let mut tensors = write_checkpoint(&ckpt, K_DIMS, false, 0);
+    // All three float dtypes in one checkpoint (values small enough for f16 to hold exactly).
+    restore_as(&mut tensors, "model.layers.1.mlp.down_proj.weight", "F32");
+    restore_as(&mut tensors, "model.layers.0.self_attn.k_proj.bias", "F16");
+    write_shards(&ckpt, &tensors, 0);
     let out = dir.join("f32.gguf");
     run(&ckpt, &out, FileType::F32);
     let file = GgufFile::open(&out).unwrap();

@@ -16,7 +16,10 @@
 //!   Q2_K / Q3_K to IQ4_NL, which this crate does not implement).
 //!
 //! Layer positions come from counters advanced in llama.cpp's tensor order (see
-//! [`llama_order`]), exactly as llama.cpp counts them.
+//! [`llama_order`]), exactly as llama.cpp counts them. Builds of llama.cpp from before its
+//! `weight_name_comparer` (2024) counted in plain name order (`blk.10` before `blk.2`), so
+//! their Q4_K_M / Q5_K_M files give the extra bits to other layers (the same number of
+//! tensors); the default model file is one of those.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -458,7 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn q4_k_m_matches_the_default_models_layout() {
+    fn q4_k_m_gives_more_bits_to_the_use_more_bits_layers() {
         let all = choose_all(FileType::Q4_K_M, false);
         assert_eq!(type_of(&all, "output.weight"), GgmlType::Q8_0);
         assert_eq!(type_of(&all, "token_embd.weight"), GgmlType::Q5_0);

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 pub use mix::{Fallback, FileType};
-use pipeline::{Log, Source};
+use pipeline::Log;
 
 use crate::gguf::GgufFile;
 use crate::types::GgmlType;
@@ -110,11 +110,13 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     if input.is_dir() {
         let ckpt = hf::Checkpoint::open(input, &log)?;
         let source = ckpt.source(&log)?;
-        return run_checked(source, output, opts, &log);
+        check_output(output, &source.files)?;
+        return pipeline::run(source, output, opts, &log);
     }
     check_input_file(input)?;
     let file = GgufFile::open(input)?;
     let source = requant::source(&file, input)?;
+    check_output(output, &source.files)?;
     if let Some(t) = source.tensors.iter().find(|t| t.ty.block_size() > 1) {
         log.line(&format!(
             "{}: requantizing already quantized tensors (e.g. {} is {}): converting the original \
@@ -124,18 +126,7 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
             t.ty
         ));
     }
-    run_checked(source, output, opts, &log)
-}
-
-/// Refuse to replace an input, then run.
-fn run_checked(
-    source: Source<'_>,
-    output: &Path,
-    opts: &ConvertOptions,
-    log: &Log,
-) -> Result<ConvertReport> {
-    check_output(output, &source.files)?;
-    pipeline::run(source, output, opts, log)
+    pipeline::run(source, output, opts, &log)
 }
 
 /// A file input must be a GGUF file; a file from a checkpoint gets a hint to pass the directory.

@@ -30,30 +30,20 @@ const QUANTIZATION_VERSION: u32 = 2;
 /// balance the cores and move the progress bar smoothly, large enough to amortize the queue.
 const CHUNK_ELEMS: usize = 32 * 512;
 
-/// The sink for log lines: the caller's function, printed around the progress bar.
+/// The sink for log lines: the caller's function, or nothing. (Nothing is logged while the
+/// progress bar is drawn, so the two never interleave.)
 pub struct Log<'a> {
     sink: Option<&'a super::LogFn>,
-    bar: Option<ProgressBar>,
 }
 
 impl<'a> Log<'a> {
     pub fn new(sink: Option<&'a super::LogFn>) -> Log<'a> {
-        Log { sink, bar: None }
-    }
-
-    /// The same sink, printing above `bar` while it is drawn.
-    fn with_bar(&self, bar: ProgressBar) -> Log<'a> {
-        Log {
-            sink: self.sink,
-            bar: Some(bar),
-        }
+        Log { sink }
     }
 
     pub fn line(&self, msg: &str) {
-        let Some(sink) = self.sink else { return };
-        match &self.bar {
-            Some(bar) => bar.suspend(|| sink(msg)),
-            None => sink(msg),
+        if let Some(sink) = self.sink {
+            sink(msg);
         }
     }
 }
@@ -115,37 +105,61 @@ pub fn run(
     let imatrix = opts.importance.as_ref();
     check_imatrix(imatrix)?;
     let jobs = jobs(&source.tensors, &types, imatrix, log)?;
+    let metadata = output_metadata(std::mem::take(&mut source.metadata), opts);
+    let bytes_out = write_file(output, metadata, &jobs, opts)?;
+    let report = ConvertReport {
+        output: output.to_path_buf(),
+        file_type: opts.file_type,
+        tensors: jobs.iter().map(|j| (j.src.name.clone(), j.ty)).collect(),
+        fallbacks,
+        n_elements: jobs.iter().map(|j| j.src.n_elements()).sum(),
+        bytes_in: jobs.iter().map(|j| j.src.data.len() as u64).sum(),
+        bytes_out,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    log.line(&report.summary());
+    Ok(report)
+}
+
+/// The input's metadata with this file's type and quantization version (in place when
+/// present, as llama.cpp updates them) and without an alignment key (the writer uses 32).
+fn output_metadata(
+    mut metadata: Vec<(String, Value)>,
+    opts: &ConvertOptions,
+) -> Vec<(String, Value)> {
     set_key(
-        &mut source.metadata,
+        &mut metadata,
         "general.file_type",
         opts.file_type.llama_ftype(),
     );
     set_key(
-        &mut source.metadata,
+        &mut metadata,
         "general.quantization_version",
         QUANTIZATION_VERSION,
     );
-    source
-        .metadata
-        .retain(|(k, _)| k != crate::gguf::ALIGNMENT_KEY);
+    metadata.retain(|(k, _)| k != crate::gguf::ALIGNMENT_KEY);
+    metadata
+}
+
+/// Declare every tensor, then convert and append them one by one; the bytes written.
+fn write_file(
+    output: &Path,
+    metadata: Vec<(String, Value)>,
+    jobs: &[Job<'_, '_>],
+    opts: &ConvertOptions,
+) -> Result<u64> {
     let decls = jobs
         .iter()
         .map(|j| TensorDecl::new(j.src.name.clone(), &j.src.dims, j.ty))
         .collect();
-    let mut writer = GgufWriter::create(output, source.metadata.clone(), decls, DEFAULT_ALIGNMENT)?;
-    let bytes_in: u64 = jobs.iter().map(|j| j.src.data.len() as u64).sum();
+    let mut writer = GgufWriter::create(output, metadata, decls, DEFAULT_ALIGNMENT)?;
+    let bytes_in = jobs.iter().map(|j| j.src.data.len() as u64).sum();
     let bar = progress_bar(bytes_in, opts.progress);
-    let log = log.with_bar(bar.clone());
     let threads = thread_count(opts.threads);
     let mut bytes_out = 0u64;
     for (i, job) in jobs.iter().enumerate() {
-        bar.set_message(format!(
-            "[{}/{}] {} → {}",
-            i + 1,
-            jobs.len(),
-            job.src.name,
-            job.ty
-        ));
+        let n = jobs.len();
+        bar.set_message(format!("[{}/{n}] {} → {}", i + 1, job.src.name, job.ty));
         let n_bytes = writer.tensors()[i].n_bytes as usize;
         bytes_out += n_bytes as u64;
         write_one(&mut writer, job, n_bytes, threads, &bar)?;
@@ -155,18 +169,7 @@ pub fn run(
     }
     writer.finish()?;
     bar.finish_and_clear();
-    let report = ConvertReport {
-        output: output.to_path_buf(),
-        file_type: opts.file_type,
-        tensors: jobs.iter().map(|j| (j.src.name.clone(), j.ty)).collect(),
-        fallbacks,
-        n_elements: jobs.iter().map(|j| j.src.n_elements()).sum(),
-        bytes_in,
-        bytes_out,
-        seconds: t0.elapsed().as_secs_f64(),
-    };
-    log.line(&report.summary());
-    Ok(report)
+    Ok(bytes_out)
 }
 
 /// Each tensor's data is exactly what its type and shape say (both readers guarantee it; a
