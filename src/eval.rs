@@ -91,17 +91,16 @@ pub fn flores_tokens(
     Ok(ids)
 }
 
-fn measure(base: &mut Engine, model: &mut Engine, ids: &[u32]) -> Result<Positions> {
-    let n_vocab = base.model.config().n_vocab;
-    let (mut lb, mut lm) = (Vec::new(), Vec::new());
-    base.model.reset();
-    base.model.forward(ids, Logits::All, &mut lb)?;
+/// Per-position figures of `model` against base log-probabilities `base_logits` (all rows).
+fn measure(base_logits: &[f32], model: &mut Engine, ids: &[u32]) -> Result<Positions> {
+    let n_vocab = model.model.config().n_vocab;
+    let mut lm = Vec::new();
     model.model.reset();
     model.model.forward(ids, Logits::All, &mut lm)?;
     let mut pos = Positions::default();
     let (mut pb, mut pm) = (Vec::new(), Vec::new());
     for i in 0..ids.len() - 1 {
-        let rb = &lb[i * n_vocab..(i + 1) * n_vocab];
+        let rb = &base_logits[i * n_vocab..(i + 1) * n_vocab];
         let rm = &lm[i * n_vocab..(i + 1) * n_vocab];
         log_softmax(rb, &mut pb);
         log_softmax(rm, &mut pm);
@@ -116,33 +115,44 @@ fn measure(base: &mut Engine, model: &mut Engine, ids: &[u32]) -> Result<Positio
     Ok(pos)
 }
 
-/// KL-divergence of `model` against `base` on up to `max_tokens` tokens of each language's FLORES
-/// text in `dir`. Returns one row per language, then the overall row.
+/// KL-divergence of each of `models` against `base` on up to `max_tokens` tokens of each
+/// language's FLORES text in `dir`; the base runs once per language for all models. Returns, per
+/// model, one row per language and then the overall row.
 pub fn kld_per_language(
     base: &mut Engine,
-    model: &mut Engine,
+    models: &mut [Engine],
     dir: &Path,
     langs: &[Language],
     max_tokens: usize,
-    on_progress: &mut dyn FnMut(&KldStats),
-) -> Result<Vec<KldStats>> {
-    ensure!(
-        base.model.config().n_vocab == model.model.config().n_vocab,
-        "the two models have different vocabularies ({} and {} tokens)",
-        base.model.config().n_vocab,
-        model.model.config().n_vocab
-    );
-    let mut all = Positions::default();
-    let mut rows = Vec::new();
+    on_progress: &mut dyn FnMut(usize, &KldStats),
+) -> Result<Vec<Vec<KldStats>>> {
+    let n_vocab = base.model.config().n_vocab;
+    for m in models.iter() {
+        ensure!(
+            m.model.config().n_vocab == n_vocab,
+            "the models have different vocabularies ({} and {} tokens)",
+            n_vocab,
+            m.model.config().n_vocab
+        );
+    }
+    let mut all: Vec<Positions> = models.iter().map(|_| Positions::default()).collect();
+    let mut rows: Vec<Vec<KldStats>> = models.iter().map(|_| Vec::new()).collect();
+    let mut base_logits = Vec::new();
     for lang in langs {
         let ids = flores_tokens(base, dir, lang, max_tokens)?;
-        let pos = measure(base, model, &ids)?;
-        let stats = pos.stats(lang.flores);
-        on_progress(&stats);
-        rows.push(stats);
-        all.extend(&pos);
+        base.model.reset();
+        base.model.forward(&ids, Logits::All, &mut base_logits)?;
+        for (k, model) in models.iter_mut().enumerate() {
+            let pos = measure(&base_logits, model, &ids)?;
+            let stats = pos.stats(lang.flores);
+            on_progress(k, &stats);
+            rows[k].push(stats);
+            all[k].extend(&pos);
+        }
     }
-    rows.push(all.stats("overall"));
+    for (k, a) in all.iter().enumerate() {
+        rows[k].push(a.stats("overall"));
+    }
     Ok(rows)
 }
 

@@ -1,4 +1,4 @@
-//! `marco kld`: how far a quantized model is from its base, per language, on FLORES text.
+//! `marco kld`: how far quantized models are from their base, per language, on FLORES text.
 
 use std::path::PathBuf;
 
@@ -13,9 +13,9 @@ pub struct KldArgs {
     /// The reference model (e.g. F16).
     #[arg(long)]
     base: PathBuf,
-    /// The quantized model to compare with it.
-    #[arg(long, short = 'm')]
-    model: PathBuf,
+    /// The quantized model(s) to compare with it (repeat -m to compare several in one run).
+    #[arg(long, short = 'm', required = true)]
+    model: Vec<PathBuf>,
     /// FLORES-200 dev directory (one <flores_code>.txt per language).
     #[arg(long, default_value = "../shared/data/flores200-dev")]
     data: PathBuf,
@@ -28,7 +28,7 @@ pub struct KldArgs {
     /// CPU threads [default: one per core].
     #[arg(long, short = 't', default_value_t = 0)]
     threads: usize,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
 }
@@ -48,20 +48,27 @@ pub fn kld(a: KldArgs) -> Result<()> {
         ..Default::default()
     };
     let mut base = Engine::load(&a.base, &opts)?;
-    let mut model = Engine::load(&a.model, &opts)?;
-    let total = langs.len();
-    let mut done = 0;
-    let rows = kld_per_language(&mut base, &mut model, &a.data, &langs, a.n, &mut |s| {
-        done += 1;
-        eprintln!(
-            "marco: [{done}/{total}] {} mean KLD {:.5}",
-            s.label, s.kld_mean
-        );
+    let mut models = a
+        .model
+        .iter()
+        .map(|m| Engine::load(m, &opts))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = a.model.iter().map(|m| m.display().to_string()).collect();
+    let rows = kld_per_language(&mut base, &mut models, &a.data, &langs, a.n, &mut |k, s| {
+        eprintln!("marco: {} {} mean KLD {:.5}", names[k], s.label, s.kld_mean);
     })?;
     if a.json {
-        print_json(&rows);
+        let all: Vec<_> = names
+            .iter()
+            .zip(&rows)
+            .map(|(n, r)| serde_json::json!({ "model": n, "rows": json_rows(r) }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
     } else {
-        print_table(&rows);
+        for (n, r) in names.iter().zip(&rows) {
+            println!("\n{n} against {}:\n", a.base.display());
+            print_table(r);
+        }
     }
     Ok(())
 }
@@ -83,9 +90,8 @@ fn print_table(rows: &[KldStats]) {
     }
 }
 
-fn print_json(rows: &[KldStats]) {
-    let v: Vec<_> = rows
-        .iter()
+fn json_rows(rows: &[KldStats]) -> Vec<serde_json::Value> {
+    rows.iter()
         .map(|r| {
             serde_json::json!({
                 "language": r.label, "tokens": r.tokens, "ppl_base": r.ppl_base,
@@ -93,6 +99,5 @@ fn print_json(rows: &[KldStats]) {
                 "top1_agreement": r.top1_agreement,
             })
         })
-        .collect();
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        .collect()
 }
