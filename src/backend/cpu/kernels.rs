@@ -93,6 +93,17 @@ fn has_neon_dotprod() -> bool {
     false
 }
 
+/// The environment variable that overrides [`Kernels::detect`].
+pub const KERNELS_ENV: &str = "MARCO_CPU_KERNELS";
+
+/// The fastest path this CPU supports.
+fn best_isa() -> Isa {
+    [Isa::Avx512Vnni, Isa::Neon, Isa::Avx2]
+        .into_iter()
+        .find(|i| i.is_supported())
+        .unwrap_or(Isa::Scalar)
+}
+
 /// The kernel set in use.
 ///
 /// Invariant: `isa.is_supported()` held when the value was made (only [`Kernels::detect`]
@@ -103,14 +114,19 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// The best path this CPU supports (detected once per process).
+    /// The best path this CPU supports (decided once per process).
+    ///
+    /// `MARCO_CPU_KERNELS=<name>` (a name [`Isa::name`] prints) picks a path instead, for
+    /// comparisons and bug hunts; a name this CPU cannot run is ignored.
     pub fn detect() -> Kernels {
-        static BEST: OnceLock<Isa> = OnceLock::new();
-        let isa = *BEST.get_or_init(|| {
-            [Isa::Avx512Vnni, Isa::Neon, Isa::Avx2]
-                .into_iter()
-                .find(|i| i.is_supported())
-                .unwrap_or(Isa::Scalar)
+        static CHOSEN: OnceLock<Isa> = OnceLock::new();
+        let isa = *CHOSEN.get_or_init(|| {
+            let wanted = std::env::var(KERNELS_ENV).ok();
+            wanted
+                .as_deref()
+                .and_then(Isa::from_name)
+                .filter(|i| i.is_supported())
+                .unwrap_or_else(best_isa)
         });
         Kernels { isa }
     }
@@ -146,12 +162,14 @@ impl Kernels {
         }
     }
 
-    /// One weight row against several token rows at once (prompt processing): the weights are
-    /// unpacked once per block and reused for up to 4 tokens.
+    /// One weight row against several token rows (prompt processing): `out[t]` is what
+    /// `dot_q8` gives for token `t`. The SIMD paths take the tokens four at a time, unpacking
+    /// each group of weight blocks once for all four; any number of tokens may be passed (the
+    /// last `len % 4` go one by one), so pass all of them in one call.
     ///
     /// Token `t` (`0..out.len()`) has its activation blocks at
     /// `x[t * x_stride..t * x_stride + nb]`, where `nb = cols / 32` is implied by the row
-    /// length; `out[t]` receives its dot product. `x` must hold all of them (panics otherwise).
+    /// length. `x` must hold all of them (panics otherwise).
     #[inline]
     pub fn dot_q8_multi(
         &self,
@@ -168,7 +186,7 @@ impl Kernels {
         }
         assert!(
             nb <= x_stride && (n - 1) * x_stride + nb <= x.len(),
-            "dot_q8_multi: {n} tokens of {nb} blocks (stride {x_stride}) need more than {} blocks",
+            "dot_q8_multi: {n} tokens of {nb} blocks (stride {x_stride}) but only {} blocks",
             x.len()
         );
         match self.isa {
@@ -176,9 +194,7 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { simd::avx2::dot_q8_multi(ty, w, x, nb, x_stride, out) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe {
-                simd::avx512::dot_q8_multi(ty, w, x, nb, x_stride, out)
-            },
+            Isa::Avx512Vnni => unsafe { simd::avx512::dot_q8_multi(ty, w, x, nb, x_stride, out) },
             _ => {
                 for (t, o) in out.iter_mut().enumerate() {
                     *o = self.dot_q8(ty, w, &x[t * x_stride..t * x_stride + nb]);

@@ -3,23 +3,27 @@
 //! Integer dots use `vpmaddubsw` (u8 × i8 → i16 pair sums) and `vpmaddwd` (→ i32). The
 //! unsigned operand is always a weight quant of at most 6 bits (or |q| ≤ 128 for Q8_0) and the
 //! signed one an activation in -127..=127, so the i16 pair sums can never saturate.
-//! Each block's exact i32 lanes are converted to f32 and accumulated with one FMA against the
-//! block's combined scale: no horizontal sum per block.
+//!
+//! Loop structure (shared with the AVX-512 module through `x86_block_loops!`): blocks go in
+//! groups of 8 (a K-quant super-block is such a group). Each block's exact i32 dot stays in
+//! its own register until one horizontal reduction turns the group's 8 registers into one
+//! vector of 8 block dots; the 8 scales (weight × activation) then apply with one FMA. Scalar
+//! per-block scale work (f16 conversion, multiply, broadcast) was the bottleneck before. The
+//! weights of a group are unpacked once and applied to up to 4 tokens (`dot_q8_multi`).
+//! The helpers below are `pub(super)` for the AVX-512 module, whose features imply these.
 
 use std::arch::x86_64::*;
 
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::blocks::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, LeF16,
+    Block, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    LeF16,
 };
 use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
 use marco_quantize::GgmlType;
 
-use marco_quantize::blocks::Block;
-
-use super::{
-    at, d8, in_quads, k4_scales_mins, m8, row_blocks, superblock_x, Groups8, LegacyBlock,
-};
+use super::x86::{d8, in_quads, m8, LegacyBlock};
+use super::{k4_scales_mins, row_blocks};
 
 /// Dot product of a weight row of type `ty` with activation blocks (see
 /// `Kernels::dot_q8`). Types without an AVX2 kernel use the scalar reference.
@@ -56,12 +60,26 @@ pub fn dot_q8_multi(
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q8_rows<const T: usize>(ty: GgmlType, w: &[u8], xs: [&[BlockQ8x32]; T]) -> Option<[f32; T]> {
     let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+    let nib = |qs: &[u8; 16]| legacy_nibbles(qs);
+    let nib5 = |qs: &[u8; 16], qh: [u8; 4]| {
+        _mm256_or_si256(legacy_nibbles(qs), fifth_bits(u32::from_le_bytes(qh)))
+    };
     Some(match ty {
-        GgmlType::Q4_0 => legacy::<_, T, 8, false, false>(row_blocks(w, n, 1), xs, |b| unpack_q4_0(b)),
-        GgmlType::Q4_1 => legacy::<_, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| unpack_q4_1(b)),
-        GgmlType::Q5_0 => legacy::<_, T, 16, false, false>(row_blocks(w, n, 1), xs, |b| unpack_q5_0(b)),
-        GgmlType::Q5_1 => legacy::<_, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| unpack_q5_1(b)),
-        GgmlType::Q8_0 => legacy::<_, T, 0, false, true>(row_blocks(w, n, 1), xs, |b| unpack_q8_0(b)),
+        GgmlType::Q4_0 => {
+            legacy::<BlockQ4_0, T, 8, false, false>(row_blocks(w, n, 1), xs, |b| nib(&b.qs))
+        }
+        GgmlType::Q4_1 => {
+            legacy::<BlockQ4_1, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| nib(&b.qs))
+        }
+        GgmlType::Q5_0 => {
+            legacy::<BlockQ5_0, T, 16, false, false>(row_blocks(w, n, 1), xs, |b| nib5(&b.qs, b.qh))
+        }
+        GgmlType::Q5_1 => {
+            legacy::<BlockQ5_1, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| nib5(&b.qs, b.qh))
+        }
+        GgmlType::Q8_0 => {
+            legacy::<BlockQ8_0, T, 0, false, true>(row_blocks(w, n, 1), xs, |b| load_i8(&b.qs))
+        }
         GgmlType::Q4_K => kquant::<_, T>(row_blocks(w, n, 8), xs, |b: &BlockQ4K| {
             k4_unpack(b.d, b.dmin, &b.scales, &b.qs)
         }),
@@ -149,9 +167,16 @@ pub(super) fn load_i8(p: &[i8; 32]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_ps(p: &[f32; 8]) -> __m256 {
+pub(super) fn load_ps(p: &[f32; 8]) -> __m256 {
     // SAFETY: `p` is 8 readable floats and the load has no alignment requirement.
     unsafe { _mm256_loadu_ps(p.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_i32x8(p: &[i32; 8]) -> __m256i {
+    // SAFETY: `p` is 32 readable bytes and the load has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
 
 #[inline]
@@ -181,12 +206,22 @@ fn load_bf16x8(p: &[u8; 16]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn legacy_nibbles(qs: &[u8; 16]) -> __m256i {
+    _mm256_and_si256(legacy_nibbles_unmasked(qs), _mm256_set1_epi8(0x0F))
+}
+
+/// [`legacy_nibbles`] before masking: each byte's low nibble is the weight, its high nibble
+/// is garbage.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn legacy_nibbles_unmasked(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 readable bytes and the load has no alignment requirement.
     let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     // The 16 bytes in both halves (a load-port broadcast), the high half shifted down by a
     // nibble (a dword shift is fine: the mask drops what crosses between bytes).
-    let both = _mm256_srlv_epi32(_mm256_broadcastsi128_si256(v), _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    _mm256_srlv_epi32(
+        _mm256_broadcastsi128_si256(v),
+        _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4),
+    )
 }
 
 /// Byte `i` = 0x10 where bit `i` of `bits` is set, else 0 (the fifth bit of Q5_0/Q5_1).
@@ -221,22 +256,17 @@ pub(super) fn fma_scaled(acc: __m256, p: __m256i, scale: __m256) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc)
 }
 
-/// The scales of the 8 activation blocks of a super-block.
+/// The scales and quant sums of a group of 8 activation blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn group_d(xs: &[BlockQ8x32; 8]) -> __m256 {
-    _mm256_setr_ps(
+pub(super) fn x_group(xs: &[BlockQ8x32; 8]) -> (__m256, __m256i) {
+    let d = _mm256_setr_ps(
         xs[0].d, xs[1].d, xs[2].d, xs[3].d, xs[4].d, xs[5].d, xs[6].d, xs[7].d,
-    )
-}
-
-/// The quant sums of the 8 activation blocks of a super-block, as f32 (exact).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn group_sums(xs: &[BlockQ8x32; 8]) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_setr_epi32(
+    );
+    let sums = _mm256_setr_epi32(
         xs[0].sum, xs[1].sum, xs[2].sum, xs[3].sum, xs[4].sum, xs[5].sum, xs[6].sum, xs[7].sum,
-    ))
+    );
+    (d, sums)
 }
 
 /// 8 bytes (a little-endian u64) widened to 8 f32 lanes.
@@ -251,7 +281,9 @@ pub(super) fn bytes_to_ps(v: u64) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn scales8(h: [LeF16; 8]) -> __m256 {
     let h = h.map(|v| v.bits() as i16);
-    _mm256_cvtph_ps(_mm_setr_epi16(h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]))
+    _mm256_cvtph_ps(_mm_setr_epi16(
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+    ))
 }
 
 /// Lane `i` of the result is the sum of the 8 lanes of `p[i]` (the exact integer dot of block
@@ -267,15 +299,6 @@ pub(super) fn reduce8(p: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(
         _mm256_permute2x128_si256::<0x20>(a, b),
         _mm256_permute2x128_si256::<0x31>(a, b),
-    )
-}
-
-/// The quant sums of the 8 activation blocks of a group.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn group_sums_i32(xs: &[BlockQ8x32; 8]) -> __m256i {
-    _mm256_setr_epi32(
-        xs[0].sum, xs[1].sum, xs[2].sum, xs[3].sum, xs[4].sum, xs[5].sum, xs[6].sum, xs[7].sum,
     )
 }
 
@@ -306,92 +329,46 @@ pub(super) fn totals<const T: usize>(acc: &[Acc; T]) -> [f32; T] {
     out
 }
 
-/// 8 blocks of 32 weights, unpacked once (and reused for every token): unsigned quants (for
-/// AVX2 Q8_0: |w|, with the signs in `sign`), weight scales and (Q4_1/Q5_1) mins.
+/// 8 blocks of 32 weights, unpacked once (and reused for every token): quants, weight
+/// scales and (Q4_1/Q5_1) mins.
 #[derive(Clone, Copy)]
 pub(super) struct Legacy8 {
     pub(super) q: [__m256i; 8],
-    pub(super) sign: [__m256i; 8],
     pub(super) d: __m256,
     pub(super) m: __m256,
 }
 
-/// Scales and mins of 8 legacy blocks; quants to be filled in.
+/// Scales and mins of 8 legacy blocks (`has_min` false: no mins); quants to be filled in.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn legacy8<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
-    let z = _mm256_setzero_si256();
+pub(super) fn legacy8(d: [LeF16; 8], m: [LeF16; 8], has_min: bool) -> Legacy8 {
     Legacy8 {
-        q: [z; 8],
-        sign: [z; 8],
-        d: scales8(d8(w)),
+        q: [_mm256_setzero_si256(); 8],
+        d: scales8(d),
         m: if has_min {
-            scales8(m8(w))
+            scales8(m)
         } else {
             _mm256_setzero_ps()
         },
     }
 }
 
-/// The legacy kernels' shared loop: 8 blocks at a time, unpacked once for all `T` tokens.
-/// `OFF` is the quant offset (Σ (q - OFF)·x = Σ q·x - OFF·Σ x), `MIN` adds `m·xd·Σx`, and
-/// `SIGNED` marks signed quants (Q8_0).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn legacy<B: LegacyBlock, const T: usize, const OFF: i32, const MIN: bool, const SIGNED: bool>(
-    w: &[B],
-    xs: [&[BlockQ8x32]; T],
-    unpack: impl Fn(&[B; 8]) -> Legacy8,
-) -> [f32; T] {
-    let g = Groups8::new(w, xs);
-    let mut acc = zero_acc::<T>();
-    for (i, wb) in g.full.iter().enumerate() {
-        legacy_step::<T, OFF, MIN, SIGNED>(&mut acc, &unpack(wb), g.x(i));
-    }
-    if let Some((wb, x)) = g.tail() {
-        legacy_step::<T, OFF, MIN, SIGNED>(&mut acc, &unpack(wb), x);
-    }
-    totals(&acc)
-}
-
-/// One group of 8 unpacked blocks against each token.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn legacy_step<const T: usize, const OFF: i32, const MIN: bool, const SIGNED: bool>(
-    acc: &mut [Acc; T],
-    u: &Legacy8,
-    xg: [&[BlockQ8x32; 8]; T],
-) {
-    for (a, x) in acc.iter_mut().zip(xg) {
-        let mut p = [_mm256_setzero_si256(); 8];
-        for (i, p) in p.iter_mut().enumerate() {
-            let xq = load_i8(&x[i].qs);
-            *p = if SIGNED {
-                dot_u8_i8(u.q[i], _mm256_sign_epi8(xq, u.sign[i]))
-            } else {
-                dot_u8_i8(u.q[i], xq)
-            };
-        }
-        *a = legacy_apply::<OFF, MIN>(*a, u, reduce8(&p), x);
-    }
-}
-
-/// Adds 8 blocks' exact dots `r` (lane i: block i, before the offset) to `acc`.
+/// Adds 8 blocks' exact dots `r` (lane i: block i, before the offset) to `acc`, given the
+/// activation scales `xd` and sums of those blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn legacy_apply<const OFF: i32, const MIN: bool>(
     acc: Acc,
     u: &Legacy8,
     r: __m256i,
-    x: &[BlockQ8x32; 8],
+    xd: __m256,
+    sums: __m256i,
 ) -> Acc {
-    let sums = group_sums_i32(x);
     let r = if OFF != 0 {
         _mm256_sub_epi32(r, _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFF)))
     } else {
         r
     };
-    let xd = group_d(x);
     let min = if MIN {
         _mm256_fmadd_ps(_mm256_mul_ps(u.m, xd), _mm256_cvtepi32_ps(sums), acc.min)
     } else {
@@ -403,60 +380,14 @@ pub(super) fn legacy_apply<const OFF: i32, const MIN: bool>(
     }
 }
 
-// ---- 32-element block types ----
-
+/// Scales and (with `has_min`) mins of 8 legacy blocks; quants to be filled in.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_q4_0(w: &[BlockQ4_0; 8]) -> Legacy8 {
-    let mut u = legacy8(w, false);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_nibbles(&b.qs);
-    }
-    u
+fn legacy_scales<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
+    legacy8(d8(w), m8(w), has_min)
 }
 
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_q4_1(w: &[BlockQ4_1; 8]) -> Legacy8 {
-    let mut u = legacy8(w, true);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_nibbles(&b.qs);
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_q5_0(w: &[BlockQ5_0; 8]) -> Legacy8 {
-    let mut u = legacy8(w, false);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_q5_1(w: &[BlockQ5_1; 8]) -> Legacy8 {
-    let mut u = legacy8(w, true);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = _mm256_or_si256(legacy_nibbles(&b.qs), fifth_bits(u32::from_le_bytes(b.qh)));
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_q8_0(w: &[BlockQ8_0; 8]) -> Legacy8 {
-    // Signed × signed through maddubs: |w| × (x with w's sign); |w| ≤ 128 keeps the i16 pair
-    // sums in range.
-    let mut u = legacy8(w, false);
-    for ((q, s), b) in u.q.iter_mut().zip(u.sign.iter_mut()).zip(w) {
-        *s = load_i8(&b.qs);
-        *q = _mm256_sign_epi8(*s, *s);
-    }
-    u
-}
+x86_block_loops!("avx2,fma,f16c", dot_u8_i8);
 
 // ---- 256-element super-block types ----
 
@@ -476,7 +407,12 @@ pub(super) fn k4_unpack(d: LeF16, dmin: LeF16, scales: &[u8; 12], qs: &[u8; 128]
     let (sc, m) = k4_scales_mins(scales);
     let low4 = _mm256_set1_epi8(0x0F);
     let mut q = [_mm256_setzero_si256(); 8];
-    for (pair, v) in q.as_chunks_mut::<2>().0.iter_mut().zip(qs.as_chunks::<32>().0) {
+    for (pair, v) in q
+        .as_chunks_mut::<2>()
+        .0
+        .iter_mut()
+        .zip(qs.as_chunks::<32>().0)
+    {
         let v = load_u8(v);
         pair[0] = _mm256_and_si256(v, low4);
         pair[1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
@@ -503,37 +439,15 @@ fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     u
 }
 
-/// The Q4_K/Q5_K loop: one super-block at a time, unpacked once for all `T` tokens.
+/// Adds a super-block's group dots `r` (lane g: group g) and its min term to `acc`, given the
+/// activation scales `xd` and sums of its 8 groups.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn kquant<B: Block, const T: usize>(
-    w: &[B],
-    xs: [&[BlockQ8x32]; T],
-    unpack: impl Fn(&B) -> Kq8,
-) -> [f32; T] {
-    let x8 = superblock_x(xs);
-    let mut acc = zero_acc::<T>();
-    for (i, b) in w.iter().enumerate() {
-        let u = unpack(b);
-        for (a, x) in acc.iter_mut().zip(at(&x8, i)) {
-            let mut p = [_mm256_setzero_si256(); 8];
-            for (g, p) in p.iter_mut().enumerate() {
-                *p = dot_u8_i8(u.q[g], load_i8(&x[g].qs));
-            }
-            *a = kquant_apply(*a, &u, reduce8(&p), x);
-        }
-    }
-    totals(&acc)
-}
-
-/// Adds a super-block's group dots `r` (lane g: group g) and its min term to `acc`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn kquant_apply(acc: Acc, u: &Kq8, r: __m256i, x: &[BlockQ8x32; 8]) -> Acc {
-    let xd = group_d(x);
+pub(super) fn kquant_apply(acc: Acc, u: &Kq8, r: __m256i, xd: __m256, sums: __m256i) -> Acc {
+    let sums = _mm256_cvtepi32_ps(sums);
     Acc {
         dot: fma_scaled(acc.dot, r, _mm256_mul_ps(u.dsc, xd)),
-        min: _mm256_fnmadd_ps(_mm256_mul_ps(u.dm, xd), group_sums(x), acc.min),
+        min: _mm256_fnmadd_ps(_mm256_mul_ps(u.dm, xd), sums, acc.min),
     }
 }
 
@@ -589,25 +503,6 @@ pub(super) fn q6k_dot(q: __m256i, sc: __m256i, x: __m256i) -> __m256i {
         _mm256_maddubs_epi16(_mm256_set1_epi8(32), x),
     );
     _mm256_madd_epi16(t, sc)
-}
-
-/// The Q6_K loop: one super-block at a time, unpacked once for all `T` tokens.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_k<const T: usize>(w: &[BlockQ6K], xs: [&[BlockQ8x32]; T]) -> [f32; T] {
-    let x8 = superblock_x(xs);
-    let mut acc = zero_acc::<T>();
-    for (i, b) in w.iter().enumerate() {
-        let u = unpack_q6_k(b);
-        for (a, x) in acc.iter_mut().zip(at(&x8, i)) {
-            let mut p = [_mm256_setzero_si256(); 8];
-            for (g, p) in p.iter_mut().enumerate() {
-                *p = q6k_dot(u.q[g], u.sc[g], load_i8(&x[g].qs));
-            }
-            a.dot = fma_scaled(a.dot, reduce8(&p), _mm256_mul_ps(u.d, group_d(x)));
-        }
-    }
-    totals(&acc)
 }
 
 /// Unsigned 6-bit quants (0..64) of group `k` (0..4) of a Q6_K half: low nibbles of `l` for

@@ -5,7 +5,10 @@
 //! EVEX encoding still brings 32 registers and byte masks (the fifth bits of Q5 quants are a
 //! mask-register merge). Signed Q8_0 weights are made unsigned by adding 128 and subtracting
 //! `128·Σx`, which the activation blocks carry. The loop structure (8 blocks per horizontal
-//! reduction, weights unpacked once for up to 4 tokens) is the AVX2 module's.
+//! reduction, weights unpacked once for up to 4 tokens) is the AVX2 module's; the scales of a
+//! group of 8 blocks (weights and activations) are picked out with permutes of wide loads
+//! rather than element inserts. (Two blocks per 512-bit register was tried on Zen 4: the
+//! inserts that pair the blocks ate the gain, and it stayed well behind this grouped loop.)
 
 use std::arch::x86_64::*;
 
@@ -17,10 +20,12 @@ use marco_quantize::dot::vec_dot_q8;
 use marco_quantize::GgmlType;
 
 use super::avx2::{
-    self, k4_unpack, kquant_apply, legacy8, legacy_apply, legacy_nibbles, load_i8, load_u8,
-    reduce8, totals, zero_acc, Acc, Kq8, Legacy8,
+    self, fma_scaled, k4_unpack, kquant_apply, legacy8, legacy_apply, legacy_nibbles,
+    legacy_nibbles_unmasked, load_i32x8, load_i8, load_ps, load_u8, q6k_dot, reduce8, totals,
+    unpack_q6_k, zero_acc, Acc, Kq8, Legacy8,
 };
-use super::{at, in_quads, row_blocks, superblock_x, Groups8, LegacyBlock};
+use super::row_blocks;
+use super::x86::{in_quads, LegacyBlock};
 
 /// Dot product of a weight row of type `ty` with activation blocks (see
 /// `Kernels::dot_q8`). Types without a kernel here use the scalar reference.
@@ -54,13 +59,79 @@ pub fn dot_q8_multi(
 /// Dot product of a float weight row with f32 activations (see `Kernels::dot_f32`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
-    avx2::dot_f32(ty, w, x)
+    match ty {
+        GgmlType::F32 => dot_float::<64, 256>(ty, w, x, |p| {
+            // SAFETY: `p` is 64 readable bytes and the load has no alignment requirement.
+            unsafe { _mm512_loadu_ps(p.as_ptr().cast()) }
+        }),
+        GgmlType::F16 => dot_float::<32, 128>(ty, w, x, |p| _mm512_cvtph_ps(load_u8(p))),
+        GgmlType::BF16 => dot_float::<32, 128>(ty, w, x, |p| {
+            // bf16 is the top half of an f32: widen and shift into place (exact).
+            let wide = _mm512_cvtepu16_epi32(load_u8(p));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide))
+        }),
+        _ => avx2::dot_f32(ty, w, x),
+    }
 }
 
 /// Plain f32 dot product over the common length of `a` and `b`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
-    avx2::dot_plain(a, b)
+    let n = a.len().min(b.len());
+    let (a64, a_rest) = a[..n].as_chunks::<64>();
+    let (b64, b_rest) = b[..n].as_chunks::<64>();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (ca, cb) in a64.iter().zip(b64) {
+        let (ca, cb) = (ca.as_chunks::<16>().0, cb.as_chunks::<16>().0);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(load_ps16(&ca[i]), load_ps16(&cb[i]), *acc);
+        }
+    }
+    hsum4(acc) + avx2::dot_plain(a_rest, b_rest)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load_ps16(p: &[f32; 16]) -> __m512 {
+    // SAFETY: `p` is 16 readable floats and the load has no alignment requirement.
+    unsafe { _mm512_loadu_ps(p.as_ptr()) }
+}
+
+/// Sum of four accumulators' lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn hsum4(acc: [__m512; 4]) -> f32 {
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}
+
+/// Dot product of float weights, 16 elements of `B16` bytes per load, 64 per iteration; the
+/// last `len % 16` go to the AVX2 kernel.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn dot_float<const B16: usize, const B64: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    x: &[f32],
+    load16: impl Fn(&[u8; B16]) -> __m512,
+) -> f32 {
+    let esize = B16 / 16;
+    let n = (w.len() / esize).min(x.len());
+    let (w64, w_rest) = w[..n * esize].as_chunks::<B64>();
+    let (x64, x_rest) = x[..n].as_chunks::<64>();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for (cw, cx) in w64.iter().zip(x64) {
+        let (cw, cx) = (cw.as_chunks::<B16>().0, cx.as_chunks::<16>().0);
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(load16(&cw[i]), load_ps16(&cx[i]), *acc);
+        }
+    }
+    let (w16, w_tail) = w_rest.as_chunks::<B16>();
+    let (x16, x_tail) = x_rest.as_chunks::<16>();
+    for (cw, cx) in w16.iter().zip(x16) {
+        acc[0] = _mm512_fmadd_ps(load16(cw), load_ps16(cx), acc[0]);
+    }
+    hsum4(acc) + avx2::dot_f32(ty, w_tail, x_tail)
 }
 
 /// The dot products of one weight row with `T` token rows, or `None` for types without a
@@ -69,12 +140,25 @@ pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q8_rows<const T: usize>(ty: GgmlType, w: &[u8], xs: [&[BlockQ8x32]; T]) -> Option<[f32; T]> {
     let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+    let nib = |qs: &[u8; 16]| legacy_nibbles(qs);
+    // w + 128 is w with its top bit flipped; the -128·Σx comes back through the offset.
+    let flip = _mm256_set1_epi8(i8::MIN);
     Some(match ty {
-        GgmlType::Q4_0 => legacy::<_, T, 8, false>(row_blocks(w, n, 1), xs, |w| unpack_q4_0(w)),
-        GgmlType::Q4_1 => legacy::<_, T, 0, true>(row_blocks(w, n, 1), xs, |w| unpack_q4_1(w)),
-        GgmlType::Q5_0 => legacy::<_, T, 16, false>(row_blocks(w, n, 1), xs, |w| unpack_q5_0(w)),
-        GgmlType::Q5_1 => legacy::<_, T, 0, true>(row_blocks(w, n, 1), xs, |w| unpack_q5_1(w)),
-        GgmlType::Q8_0 => legacy::<_, T, 128, false>(row_blocks(w, n, 1), xs, |w| unpack_q8_0(w)),
+        GgmlType::Q4_0 => {
+            legacy::<BlockQ4_0, T, 8, false, false>(row_blocks(w, n, 1), xs, |b| nib(&b.qs))
+        }
+        GgmlType::Q4_1 => {
+            legacy::<BlockQ4_1, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| nib(&b.qs))
+        }
+        GgmlType::Q5_0 => legacy::<BlockQ5_0, T, 16, false, false>(row_blocks(w, n, 1), xs, |b| {
+            legacy_5bit(&b.qs, b.qh)
+        }),
+        GgmlType::Q5_1 => legacy::<BlockQ5_1, T, 0, true, false>(row_blocks(w, n, 1), xs, |b| {
+            legacy_5bit(&b.qs, b.qh)
+        }),
+        GgmlType::Q8_0 => legacy::<BlockQ8_0, T, 128, false, false>(row_blocks(w, n, 1), xs, |b| {
+            _mm256_xor_si256(load_i8(&b.qs), flip)
+        }),
         GgmlType::Q4_K => kquant::<_, T>(row_blocks(w, n, 8), xs, |b: &BlockQ4K| {
             k4_unpack(b.d, b.dmin, &b.scales, &b.qs)
         }),
@@ -91,100 +175,59 @@ fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
-/// The legacy kernels' shared loop (see the AVX2 one), with `vpdpbusd`.
+/// Scales and (with `has_min`) mins of 8 legacy blocks; quants to be filled in. The f16
+/// fields are picked out of the group's bytes with word permutes (two at most) instead of
+/// sixteen element inserts.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn legacy<B: LegacyBlock, const T: usize, const OFF: i32, const MIN: bool>(
-    w: &[B],
-    xs: [&[BlockQ8x32]; T],
-    unpack: impl Fn(&[B; 8]) -> Legacy8,
-) -> [f32; T] {
-    let g = Groups8::new(w, xs);
-    let mut acc = zero_acc::<T>();
-    for (i, wb) in g.full.iter().enumerate() {
-        legacy_step::<T, OFF, MIN>(&mut acc, &unpack(wb), g.x(i));
+fn legacy_scales<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
+    let size = std::mem::size_of::<B>();
+    let words = 4 * size; // 16-bit words in the 8 blocks (every block size here is even)
+    let p = w.as_ptr().cast::<i16>();
+    // The group's words as four 32-word registers, the lanes past its end masked off.
+    let load = |k: usize| {
+        let valid = words.saturating_sub(32 * k).min(32);
+        let mask = u32::MAX.checked_shr(32 - valid as u32).unwrap_or(0);
+        // SAFETY: masked-off lanes are not read (no fault either); the rest lie inside `w`.
+        unsafe { _mm512_maskz_loadu_epi16(mask, p.wrapping_add(32 * k)) }
+    };
+    // Lane i < 8: the scale `d` (word 0) of block i; lane 8 + i: its min `m` (word 1).
+    let offset = |i: usize| (i % 8) * size / 2 + i / 8;
+    let idx: [i16; 32] = std::array::from_fn(|i| (offset(i.min(15)) % 64) as i16);
+    // SAFETY: `idx` is 64 readable bytes.
+    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+    let high: u32 = (0..16).filter(|&i| offset(i) >= 64).map(|i| 1 << i).sum();
+    let mut r = _mm512_permutex2var_epi16(load(0), idx, load(1));
+    if high != 0 {
+        let r2 = _mm512_permutex2var_epi16(load(2), idx, load(3));
+        r = _mm512_mask_blend_epi16(high, r, r2);
     }
-    if let Some((wb, x)) = g.tail() {
-        legacy_step::<T, OFF, MIN>(&mut acc, &unpack(wb), x);
+    let f = _mm512_cvtph_ps(_mm512_castsi512_si256(r));
+    let z = _mm256_setzero_si256();
+    Legacy8 {
+        q: [z; 8],
+        d: _mm512_castps512_ps256(f),
+        m: if has_min {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)))
+        } else {
+            _mm256_setzero_ps()
+        },
     }
-    totals(&acc)
 }
 
-/// One group of 8 unpacked blocks against each token.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn legacy_step<const T: usize, const OFF: i32, const MIN: bool>(
-    acc: &mut [Acc; T],
-    u: &Legacy8,
-    xg: [&[BlockQ8x32; 8]; T],
-) {
-    for (a, x) in acc.iter_mut().zip(xg) {
-        let mut p = [_mm256_setzero_si256(); 8];
-        for (i, p) in p.iter_mut().enumerate() {
-            *p = dot_u8_i8(u.q[i], load_i8(&x[i].qs));
-        }
-        *a = legacy_apply::<OFF, MIN>(*a, u, reduce8(&p), x);
-    }
-}
+x86_block_loops!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dot_u8_i8
+);
 
 /// Nibbles plus fifth bits (bit j of `qh` → +16 on weight j), merged under a byte mask.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn legacy_5bit(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
     let hb = _mm256_maskz_mov_epi8(u32::from_le_bytes(qh), _mm256_set1_epi8(0x10));
-    _mm256_or_si256(legacy_nibbles(qs), hb)
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q4_0(w: &[BlockQ4_0; 8]) -> Legacy8 {
-    let mut u = legacy8(w, false);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_nibbles(&b.qs);
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q4_1(w: &[BlockQ4_1; 8]) -> Legacy8 {
-    let mut u = legacy8(w, true);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_nibbles(&b.qs);
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q5_0(w: &[BlockQ5_0; 8]) -> Legacy8 {
-    let mut u = legacy8(w, false);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_5bit(&b.qs, b.qh);
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q5_1(w: &[BlockQ5_1; 8]) -> Legacy8 {
-    let mut u = legacy8(w, true);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = legacy_5bit(&b.qs, b.qh);
-    }
-    u
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q8_0(w: &[BlockQ8_0; 8]) -> Legacy8 {
-    // w + 128 is w with its top bit flipped; the -128·Σx comes back through OFF.
-    let flip = _mm256_set1_epi8(i8::MIN);
-    let mut u = legacy8(w, false);
-    for (q, b) in u.q.iter_mut().zip(w) {
-        *q = _mm256_xor_si256(load_i8(&b.qs), flip);
-    }
-    u
+    // (nibbles & 0x0F) | hb in one ternary-logic op.
+    let nib = legacy_nibbles_unmasked(qs);
+    _mm256_ternarylogic_epi32::<0xEA>(nib, _mm256_set1_epi8(0x0F), hb)
 }
 
 #[inline]
@@ -201,33 +244,34 @@ fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     u
 }
 
-/// The Q4_K/Q5_K loop (see the AVX2 one), with `vpdpbusd`.
+/// The scales and quant sums of a group of 8 activation blocks: five 64-byte loads and three
+/// permutes instead of sixteen element inserts (this runs once per group and token).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn kquant<B: Block, const T: usize>(
-    w: &[B],
-    xs: [&[BlockQ8x32]; T],
-    unpack: impl Fn(&B) -> Kq8,
-) -> [f32; T] {
-    let x8 = superblock_x(xs);
-    let mut acc = zero_acc::<T>();
-    for (i, b) in w.iter().enumerate() {
-        let u = unpack(b);
-        for (a, x) in acc.iter_mut().zip(at(&x8, i)) {
-            let mut p = [_mm256_setzero_si256(); 8];
-            for (g, p) in p.iter_mut().enumerate() {
-                *p = dot_u8_i8(u.q[g], load_i8(&x[g].qs));
-            }
-            *a = kquant_apply(*a, &u, reduce8(&p), x);
-        }
-    }
-    totals(&acc)
-}
-
-/// Q6_K: the AVX2 kernel (maddubs/madd applies the i8 sub-block scales in the same step),
-/// compiled here for the EVEX encoding's extra registers.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q6_k<const T: usize>(w: &[BlockQ6K], xs: [&[BlockQ8x32]; T]) -> [f32; T] {
-    avx2::q6_k(w, xs)
+fn x_group(xs: &[BlockQ8x32; 8]) -> (__m256, __m256i) {
+    const _: () = assert!(std::mem::size_of::<[BlockQ8x32; 8]>() == 5 * 64);
+    let p = xs.as_ptr().cast::<i32>();
+    // SAFETY: the 8 blocks are exactly 320 readable bytes = five 64-byte loads, unaligned.
+    let z = unsafe {
+        [
+            _mm512_loadu_si512(p.cast()),
+            _mm512_loadu_si512(p.add(16).cast()),
+            _mm512_loadu_si512(p.add(32).cast()),
+            _mm512_loadu_si512(p.add(48).cast()),
+            _mm512_loadu_si512(p.add(64).cast()),
+        ]
+    };
+    // Block i's scale is dword 10i, its sum dword 10i+1. Gather scales into lanes 0..8 and
+    // sums into lanes 8..16: blocks 0..4 from dwords 0..32, 4..7 from 32..64, 7 from 64..80.
+    let ia = _mm512_setr_epi32(0, 10, 20, 30, 0, 0, 0, 0, 1, 11, 21, 31, 0, 0, 0, 0);
+    let ib = _mm512_setr_epi32(0, 0, 0, 0, 8, 18, 28, 0, 0, 0, 0, 0, 9, 19, 29, 0);
+    let ic = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7);
+    let a = _mm512_permutex2var_epi32(z[0], ia, z[1]);
+    let b = _mm512_permutex2var_epi32(z[2], ib, z[3]);
+    let c = _mm512_permutexvar_epi32(ic, z[4]);
+    let r = _mm512_mask_blend_epi32(0x8080, _mm512_mask_blend_epi32(0x7070, a, b), c);
+    (
+        _mm256_castsi256_ps(_mm512_castsi512_si256(r)),
+        _mm512_extracti64x4_epi64::<1>(r),
+    )
 }
