@@ -1,5 +1,7 @@
 //! Adapter choice and device creation.
 
+use std::sync::{Mutex, OnceLock};
+
 use anyhow::{bail, Context, Result};
 
 /// What a missing GPU needs, in one line.
@@ -18,14 +20,14 @@ impl Gpu {
     /// Opens the best adapter: a discrete GPU before an integrated one before anything else;
     /// a software rasterizer (lavapipe, `DeviceType::Cpu`) only when `allow_software`.
     pub fn open(allow_software: bool) -> Result<Gpu> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        // Opening devices from several threads at once on the shared instance hung the NVIDIA
+        // driver (580) seen here; opening is rare, so take turns.
+        static OPENING: Mutex<()> = Mutex::new(());
+        let _turn = OPENING.lock().unwrap_or_else(|e| e.into_inner());
+        let adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
         let best = adapters
             .into_iter()
-            .filter(|a| supports_compute(a))
+            .filter(supports_compute)
             .min_by_key(|a| rank(a.get_info().device_type));
         let Some(adapter) = best else {
             bail!("{NO_ADAPTER}");
@@ -58,14 +60,15 @@ impl Gpu {
         })
     }
 
-    /// "NVIDIA GeForce RTX 4090, vulkan" or "llvmpipe (LLVM 15.0.6, 256 bits), vulkan, software".
+    /// "NVIDIA H200, vulkan" or "llvmpipe (LLVM 15.0.6, 256 bits), vulkan, software".
     pub fn describe(&self) -> String {
         let software = if self.info.device_type == wgpu::DeviceType::Cpu {
             ", software"
         } else {
             ""
         };
-        format!("{}, {:?}{software}", self.info.name, self.info.backend).to_lowercase()
+        let api = format!("{:?}", self.info.backend).to_lowercase();
+        format!("{}, {api}{software}", self.info.name)
     }
 
     /// Largest storage binding (and buffer) this device takes, rounded down to whole words.
@@ -78,6 +81,18 @@ impl Gpu {
     pub fn max_groups_per_dim(&self) -> u32 {
         self.limits.max_compute_workgroups_per_dimension
     }
+}
+
+/// The process's one wgpu instance. Creating a Vulkan instance per backend is slow, and a
+/// driver seen here (NVIDIA 580) stopped enumerating its GPU after many in quick succession.
+fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        })
+    })
 }
 
 /// The kernels need 256-thread workgroups and five storage bindings per stage.

@@ -35,8 +35,10 @@ use Access::{Read, ReadWrite};
 pub enum Kernel {
     /// Bindings: weight chunk, x, bias, y. Several rows of one token per workgroup.
     Matvec(Format),
-    /// Bindings: weight chunk, x, bias, y. One row of a tile of tokens per workgroup.
+    /// Bindings: weight chunk, x, bias, y. A tile of tokens, one row per thread.
     Matmul(Format),
+    /// Bindings: weight chunk, x, bias, y. One row of one token per thread (software).
+    MatmulRows(Format),
     /// Bindings: table chunk, ids, y.
     Embed(Format),
     /// Bindings: x, gain, y.
@@ -59,7 +61,7 @@ impl Kernel {
     /// The storage bindings as (binding number, access), in the order buffers are passed.
     pub fn bindings(self) -> &'static [(u32, Access)] {
         match self {
-            Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::Attention => {
+            Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::MatmulRows(_) | Kernel::Attention => {
                 &[(1, Read), (2, Read), (3, Read), (4, ReadWrite)]
             }
             Kernel::Embed(_) | Kernel::RmsNorm | Kernel::Swiglu => {
@@ -76,6 +78,7 @@ impl Kernel {
         match self {
             Kernel::Matvec(_) => "matvec",
             Kernel::Matmul(_) => "matmul",
+            Kernel::MatmulRows(_) => "matmul_rows",
             Kernel::Embed(_) => "main",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
@@ -90,7 +93,9 @@ impl Kernel {
     /// The module source: the weight kernels are the format's dequantizer plus the kernel.
     fn source(self) -> String {
         match self {
-            Kernel::Matvec(f) | Kernel::Matmul(f) => [COMMON, f.shader(), MATMUL].join("\n"),
+            Kernel::Matvec(f) | Kernel::Matmul(f) | Kernel::MatmulRows(f) => {
+                [COMMON, f.shader(), MATMUL].join("\n")
+            }
             Kernel::Embed(f) => [COMMON, f.shader(), EMBED].join("\n"),
             Kernel::RmsNorm => NORM.to_string(),
             Kernel::Rope => ROPE.to_string(),
@@ -156,18 +161,21 @@ fn bind_group_layout(device: &wgpu::Device, kernel: Kernel, label: &str) -> wgpu
         },
         count: None,
     };
-    let storage = kernel.bindings().iter().map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage {
-                read_only: access == Read,
+    let storage = kernel
+        .bindings()
+        .iter()
+        .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: access == Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
             },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    });
+            count: None,
+        });
     let entries: Vec<_> = std::iter::once(params).chain(storage).collect();
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),

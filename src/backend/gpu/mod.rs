@@ -32,6 +32,8 @@ pub use self::context::NO_ADAPTER;
 const MATMUL_TILE: usize = 8;
 /// Rows per matvec workgroup (`ROWS` in shaders/matmul.wgsl).
 const MATVEC_ROWS: usize = 4;
+/// Rows per matmul and matmul_rows workgroup (`WG` in shaders/matmul.wgsl).
+const ROWS_WG: usize = 64;
 /// Floats each first-pass argmax workgroup reduces (`CHUNK` in shaders/argmax.wgsl).
 const ARGMAX_CHUNK: usize = 2048;
 /// Threads of the elementwise, RoPE kernels (`WG` in their shaders).
@@ -43,11 +45,23 @@ const ACT_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// How the matmul kernels split the work (see shaders/matmul.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulStyle {
+    /// For GPUs: one token is a workgroup-per-rows product reduced in shared memory (weights
+    /// read coalesced); more tokens stage activation tiles in shared memory.
+    Gpu,
+    /// For software adapters: one row per thread and token, where it is 4x faster.
+    Software,
+}
+
 /// How to open the GPU backend.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Accept a software adapter (lavapipe) when there is no GPU.
     pub allow_software: bool,
+    /// The matmul kernels; `None` picks by adapter (`Software` for software ones).
+    pub matmul_style: Option<MatmulStyle>,
     /// Cap on a weight chunk's bytes below the device's binding limit (tests use it to
     /// exercise splitting on small tensors).
     pub max_chunk_bytes: Option<u64>,
@@ -57,6 +71,7 @@ impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             allow_software: true,
+            matmul_style: None,
             max_chunk_bytes: None,
         }
     }
@@ -99,6 +114,7 @@ pub struct GpuBackend {
     kv: Option<KvCache>,
     rope: Vec<RopeTable>,
     max_chunk: u64,
+    style: MatmulStyle,
     /// Bound as the bias of matmuls without one.
     zeros: usize,
     ids: Scratch,
@@ -112,6 +128,12 @@ impl GpuBackend {
         let gpu = Gpu::open(opts.allow_software)?;
         let device_max = gpu.max_binding_bytes();
         let max_chunk = opts.max_chunk_bytes.unwrap_or(device_max).min(device_max) & !3;
+        let software = gpu.info.device_type == wgpu::DeviceType::Cpu;
+        let style = opts.matmul_style.unwrap_or(if software {
+            MatmulStyle::Software
+        } else {
+            MatmulStyle::Gpu
+        });
         let mut rec = Recorder::new(gpu);
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let zeros = rec.create("zeros", 4, storage)?;
@@ -125,8 +147,12 @@ impl GpuBackend {
             kv: None,
             rope: Vec::new(),
             max_chunk,
+            style,
             zeros,
-            ids: Scratch { buf: ids, bytes: 1024 },
+            ids: Scratch {
+                buf: ids,
+                bytes: 1024,
+            },
             partials: Scratch {
                 buf: partials,
                 bytes: 1024,
@@ -138,6 +164,11 @@ impl GpuBackend {
     /// Whether the adapter is a software rasterizer rather than a GPU.
     pub fn is_software(&self) -> bool {
         self.rec.gpu.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The matmul kernels in use.
+    pub fn matmul_style(&self) -> MatmulStyle {
+        self.style
     }
 
     /// Number of buffers weight `id` is split into.
@@ -182,7 +213,9 @@ impl GpuBackend {
     }
 
     fn upload(&mut self, file: &GgufFile, name: &str, layout: Layout) -> Result<Vec<Chunk>> {
-        let info = file.tensor_info(name).context("internal: tensor vanished")?;
+        let info = file
+            .tensor_info(name)
+            .context("internal: tensor vanished")?;
         let data = file.data_for(info);
         let per = layout.rows_per_chunk(self.max_chunk)?;
         let device = self.rec.gpu.device.clone();
@@ -216,7 +249,11 @@ impl GpuBackend {
         let n_pos = n_pos.max(self.kv.as_ref().map_or(0, |kv| kv.max_ctx));
         let table = rope_table(head_dim, freq_base, n_pos);
         let bytes: &[u8] = bytemuck::cast_slice(&table);
-        let buf = self.rec.create("rope", bytes.len() as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
+        let buf = self.rec.create(
+            "rope",
+            bytes.len() as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        )?;
         self.rec.write(buf, 0, bytes);
         let entry = RopeTable {
             head_dim,
@@ -233,21 +270,15 @@ impl GpuBackend {
 
     /// One matmul job over all chunks of its weight.
     fn matmul_job(&mut self, x: usize, n_tokens: usize, job: &MatJob) -> Result<()> {
-        let w = self.weights[job.weight.0].clone();
-        let l = w.layout;
+        let l = self.weights[job.weight.0].layout;
         let out = self.act(job.out, n_tokens * l.rows)?;
         let bias = match job.bias {
             Some(b) => Some(self.vector(b, l.rows)?),
             None => None,
         };
-        // One token (or two: cheaper as two passes than as a mostly empty tile) is a
-        // matrix-vector product; more share each dequantized row across a tile.
-        let (kernel, per_group, z) = if n_tokens <= 2 {
-            (Kernel::Matvec(l.format), MATVEC_ROWS, n_tokens)
-        } else {
-            (Kernel::Matmul(l.format), 1, n_tokens.div_ceil(MATMUL_TILE))
-        };
-        for c in &w.chunks {
+        let (kernel, per_group, z) = self.matmul_plan(l.format, n_tokens);
+        for i in 0..self.weights[job.weight.0].chunks.len() {
+            let c = self.weights[job.weight.0].chunks[i];
             let params = [
                 l.cols as u32,
                 l.rows as u32,
@@ -262,6 +293,21 @@ impl GpuBackend {
             self.rec.dispatch(kernel, &res, &params, groups, z as u32)?;
         }
         Ok(())
+    }
+
+    /// The matmul kernel for `n_tokens`, rows per workgroup and the z of its dispatch.
+    fn matmul_plan(&self, format: Format, n_tokens: usize) -> (Kernel, usize, usize) {
+        match self.style {
+            MatmulStyle::Software => (Kernel::MatmulRows(format), ROWS_WG, n_tokens),
+            // One token (or two: cheaper as two passes than as a mostly empty tile) is a
+            // matrix-vector product; more share each dequantized row across a tile.
+            MatmulStyle::Gpu if n_tokens <= 2 => (Kernel::Matvec(format), MATVEC_ROWS, n_tokens),
+            MatmulStyle::Gpu => (
+                Kernel::Matmul(format),
+                ROWS_WG,
+                n_tokens.div_ceil(MATMUL_TILE),
+            ),
+        }
     }
 
     fn elementwise(&mut self, kernel: Kernel, res: &[usize], len: usize) -> Result<()> {
@@ -319,8 +365,12 @@ impl Backend for GpuBackend {
     fn alloc_kv_cache(&mut self, n_layer: usize, max_ctx: usize, kv_dim: usize) -> Result<()> {
         let bytes = (max_ctx * kv_dim * 4) as u64;
         let mut layer = |label| self.rec.create(label, bytes, ACT_USAGE);
-        let k = (0..n_layer).map(|_| layer("k cache")).collect::<Result<_>>()?;
-        let v = (0..n_layer).map(|_| layer("v cache")).collect::<Result<_>>()?;
+        let k = (0..n_layer)
+            .map(|_| layer("k cache"))
+            .collect::<Result<_>>()?;
+        let v = (0..n_layer)
+            .map(|_| layer("v cache"))
+            .collect::<Result<_>>()?;
         self.kv = Some(KvCache {
             max_ctx,
             kv_dim,
@@ -331,17 +381,20 @@ impl Backend for GpuBackend {
     }
 
     fn embed(&mut self, table: WeightId, ids: &[u32], out: BufId) -> Result<()> {
-        let w = self.weights[table.0].clone();
-        let l = w.layout;
+        let l = self.weights[table.0].layout;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= l.rows) {
-            bail!("token id {bad} is outside the vocabulary ({} tokens)", l.rows);
+            bail!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                l.rows
+            );
         }
         let out = self.act(out, ids.len() * l.cols)?;
         // The ids buffer is rewritten: work recorded earlier may still read the old ids.
         self.rec.flush();
         self.ids = self.grow(self.ids, (ids.len() * 4) as u64);
         self.rec.write(self.ids.buf, 0, bytemuck::cast_slice(ids));
-        for c in &w.chunks {
+        for i in 0..self.weights[table.0].chunks.len() {
+            let c = self.weights[table.0].chunks[i];
             let params = [
                 l.cols as u32,
                 c.row0 as u32,
@@ -408,7 +461,10 @@ impl Backend for GpuBackend {
         pos0: usize,
         freq_base: f32,
     ) -> Result<()> {
-        ensure!(head_dim % 2 == 0, "internal: odd head dimension {head_dim}");
+        ensure!(
+            head_dim.is_multiple_of(2),
+            "internal: odd head dimension {head_dim}"
+        );
         let table = self.rope_table(head_dim, freq_base, pos0 + n_tokens)?;
         let data = self.act(buf, n_tokens * n_heads * head_dim)?;
         let params = [
@@ -447,10 +503,10 @@ impl Backend for GpuBackend {
             pos0 + n_tokens
         );
         ensure!(
-            hd % 4 == 0
+            hd.is_multiple_of(4)
                 && hd <= MAX_HEAD_DIM
                 && shape.n_head_kv > 0
-                && shape.n_head % shape.n_head_kv == 0
+                && shape.n_head.is_multiple_of(shape.n_head_kv)
                 && shape.n_head_kv * hd == kv_dim,
             "GPU attention: unsupported shape {shape:?} (head_dim a multiple of 4 up to \
              {MAX_HEAD_DIM}, heads a multiple of KV heads) for a cache of width {kv_dim}"
@@ -458,7 +514,10 @@ impl Backend for GpuBackend {
         let q_width = shape.n_head * hd;
         let new = (n_tokens * kv_dim) as u64 * 4;
         let at = (pos0 * kv_dim) as u64 * 4;
-        let (kb, vb) = (self.act(k, n_tokens * kv_dim)?, self.act(v, n_tokens * kv_dim)?);
+        let (kb, vb) = (
+            self.act(k, n_tokens * kv_dim)?,
+            self.act(v, n_tokens * kv_dim)?,
+        );
         self.rec.copy(kb, 0, kc, at, new);
         self.rec.copy(vb, 0, vc, at, new);
         let res = [
@@ -477,7 +536,8 @@ impl Backend for GpuBackend {
             (1.0 / (hd as f32).sqrt()).to_bits(),
         ];
         let tasks = (n_tokens * shape.n_head) as u32;
-        self.rec.dispatch(Kernel::Attention, &res, &params, tasks, 1)
+        self.rec
+            .dispatch(Kernel::Attention, &res, &params, tasks, 1)
     }
 
     fn swiglu(&mut self, gate: BufId, up: BufId, len: usize, out: BufId) -> Result<()> {
@@ -485,7 +545,11 @@ impl Backend for GpuBackend {
             out != gate && out != up,
             "internal: swiglu output aliases an input"
         );
-        let res = [self.act(gate, len)?, self.act(up, len)?, self.act(out, len)?];
+        let res = [
+            self.act(gate, len)?,
+            self.act(up, len)?,
+            self.act(out, len)?,
+        ];
         self.elementwise(Kernel::Swiglu, &res, len)
     }
 
@@ -509,8 +573,13 @@ impl Backend for GpuBackend {
         self.partials = self.grow(self.partials, (n_partials * 8) as u64);
         let params = [offset as u32, len as u32, n_partials as u32];
         let partials = self.partials.buf;
-        self.rec
-            .dispatch(Kernel::ArgmaxPartial, &[x, partials], &params, n_partials as u32, 1)?;
+        self.rec.dispatch(
+            Kernel::ArgmaxPartial,
+            &[x, partials],
+            &params,
+            n_partials as u32,
+            1,
+        )?;
         self.rec
             .dispatch(Kernel::ArgmaxFinal, &[partials, self.result], &params, 1, 1)?;
         let mut word = [0u8; 4];

@@ -5,7 +5,8 @@
 //! submits the batch, so a whole forward step is one submission. Each dispatch's parameters
 //! go to their own slot of a uniform ring buffer, addressed by a dynamic offset: a single
 //! uniform rewritten per op would not work, because all ops of a batch run after all of the
-//! batch's writes. The ring's contents are written just before the submission.
+//! batch's writes. The ring's contents are written just before the submission. (`embed` also
+//! submits what is pending before it rewrites the token ids, for the same reason.)
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -93,7 +94,9 @@ impl Recorder {
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         let device = &self.gpu.device;
         self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") })
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
         })
     }
 
@@ -116,10 +119,12 @@ impl Recorder {
         let compiled = self.pipelines.get(&self.gpu.device, kernel);
         let pipeline = compiled.pipeline.clone();
         let bind_group = self.bind_groups[&key].clone();
-        let mut pass = self.encoder().begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
+        let mut pass = self
+            .encoder()
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(x, y, z);
@@ -142,7 +147,9 @@ impl Recorder {
             return;
         };
         if !self.param_data.is_empty() {
-            self.gpu.queue.write_buffer(&self.params, 0, &self.param_data);
+            self.gpu
+                .queue
+                .write_buffer(&self.params, 0, &self.param_data);
             self.param_data.clear();
         }
         self.gpu.queue.submit([encoder.finish()]);
@@ -172,9 +179,7 @@ impl Recorder {
             .context("GPU: the read-back never completed")?
             .map_err(|e| anyhow!("GPU: mapping the read-back buffer: {e}"))?;
         {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| anyhow!("GPU: {e}"))?;
+            let view = slice.get_mapped_range().map_err(|e| anyhow!("GPU: {e}"))?;
             dst.copy_from_slice(&view);
         }
         staging.unmap();
@@ -203,7 +208,10 @@ impl Recorder {
         let cap = self.gpu.max_groups_per_dim();
         let x = groups.min(cap);
         let y = groups.div_ceil(x);
-        ensure!(y <= cap, "internal: {groups} workgroups exceed the GPU's dispatch limits");
+        ensure!(
+            y <= cap,
+            "internal: {groups} workgroups exceed the GPU's dispatch limits"
+        );
         Ok((x, y))
     }
 
@@ -217,8 +225,7 @@ impl Recorder {
             self.flush();
         }
         let offset = self.param_data.len();
-        self.param_data
-            .resize(offset + self.slot_bytes as usize, 0);
+        self.param_data.resize(offset + self.slot_bytes as usize, 0);
         for (i, w) in params.iter().enumerate() {
             self.param_data[offset + 4 * i..offset + 4 * i + 4].copy_from_slice(&w.to_le_bytes());
         }
@@ -257,11 +264,14 @@ impl Recorder {
                 resource: self.bufs[r].as_entire_binding(),
             });
         let entries: Vec<_> = std::iter::once(params).chain(storage).collect();
-        let group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout,
-            entries: &entries,
-        });
+        let group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            });
         self.bind_groups.insert((kernel, key), group);
         Ok((kernel, key))
     }

@@ -16,8 +16,9 @@
 //!
 //! Keeping scales beside their quants (rather than splitting a tensor into a scale array and a
 //! quant array) keeps one row one contiguous range, so a row range of a tensor is a range of
-//! words and a large tensor can be cut into chunks at any row. The cost is at most 2 bytes
-//! per block (6% for `Q8_0`). Other GGUF types are dequantized to `F32` at load.
+//! words and a large tensor can be cut into chunks at any row. The cost is 2 bytes per block
+//! where there is padding (11% for `Q4_0`, 9% for `Q5_0`, 6% for `Q8_0`, 1% for `Q6_K`).
+//! Other GGUF types are dequantized to `F32` at load (correct, 4 bytes per weight).
 //! 1-D tensors (norms, biases) are always stored as `F32`: they are small and read as floats.
 //!
 //! Splitting. One binding may not exceed `max_storage_buffer_binding_size` (often 128 MiB),
@@ -100,7 +101,7 @@ impl Layout {
             Format::for_matrix(ty)
         };
         ensure!(
-            cols % ty.block_size() == 0,
+            cols.is_multiple_of(ty.block_size()),
             "rows of {cols} are not a whole number of {ty} blocks"
         );
         let blocks = cols / ty.block_size();
@@ -145,7 +146,10 @@ impl Layout {
     /// `row_bytes()` each). `scratch` is reused for types dequantized at load.
     pub fn relay_rows(&self, src: &[u8], dst: &mut [u8], scratch: &mut Vec<f32>) {
         let src_row = src.len() / (dst.len() / self.row_bytes()).max(1);
-        for (s, d) in src.chunks_exact(src_row).zip(dst.chunks_exact_mut(self.row_bytes())) {
+        for (s, d) in src
+            .chunks_exact(src_row)
+            .zip(dst.chunks_exact_mut(self.row_bytes()))
+        {
             self.relay_row(s, d, scratch);
         }
     }
