@@ -81,17 +81,17 @@ fn translate_reads_stdin_line_by_line_and_accepts_names_and_flores_codes() {
             "-m",
             &model,
             "--from",
-            "English",
+            "eng_Latn",
             "--to",
-            "deu_Latn",
+            "Swahili",
         ],
         "The weather is nice today, so we are going to the park.\n",
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        format!("{}\n", greedy_cases()[0].greedy_text),
-        "reference case 0 (German)"
+        format!("{}\n", greedy_cases()[2].greedy_text),
+        "reference case 2 (Swahili; no near tie)"
     );
 }
 
@@ -99,7 +99,9 @@ fn translate_reads_stdin_line_by_line_and_accepts_names_and_flores_codes() {
 fn translate_to_a_file_writes_it_atomically() {
     let dir = scratch_dir("outfile");
     let input = dir.join("in.txt");
-    std::fs::write(&input, "Le chat dort sur le canapé depuis ce matin.\n").unwrap();
+    // Two lines of reference case 1 (no near tie), around an empty line that must be kept.
+    let sentence = "The weather is nice today, so we are going to the park.";
+    std::fs::write(&input, format!("{sentence}\n\n{sentence}\n")).unwrap();
     let out = dir.join("out.txt");
     let model = model_arg();
     let o = marco(&[
@@ -107,9 +109,9 @@ fn translate_to_a_file_writes_it_atomically() {
         "-m",
         &model,
         "--from",
-        "fr",
-        "--to",
         "en",
+        "--to",
+        "zh",
         "-i",
         input.to_str().unwrap(),
         "-o",
@@ -118,7 +120,8 @@ fn translate_to_a_file_writes_it_atomically() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "");
     let written = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(written, format!("{}\n", greedy_cases()[3].greedy_text));
+    let zh = &greedy_cases()[1].greedy_text;
+    assert_eq!(written, format!("{zh}\n\n{zh}\n"));
     let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert_eq!(leftovers.len(), 2, "only in.txt and out.txt remain");
 }
