@@ -291,6 +291,71 @@ fn multi_token_matches_single_token() {
     }
 }
 
+/// `dot_q8_tile` against the reference for every type and path, 1..=9 rows × 1..=9 tokens
+/// (whole 4 × 8 tiles and every kind of edge), with padded activation and output strides.
+#[test]
+fn tile_matches_reference() {
+    let mut rng = Rng(0x7153_c0de);
+    for ty in Q8_TYPES {
+        let cols_list: &[usize] = if ty.block_size() == QK32 {
+            &[32 * 5, 32 * 37, 896]
+        } else {
+            &[256, 1536]
+        };
+        for &cols in cols_list {
+            let nb = cols / QK32;
+            let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+            let stride = nb + 2;
+            let w = random_row(&mut rng, ty, cols * 9);
+            let x: Vec<BlockQ8x32> = (0..9)
+                .flat_map(|_| {
+                    let mut t = random_acts(&mut rng, cols);
+                    t.extend(random_acts(&mut rng, 2 * QK32));
+                    t
+                })
+                .collect();
+            // The reference of every (row, token) pair.
+            let want: Vec<Vec<(f32, f64)>> = (0..9)
+                .map(|r| {
+                    let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                    (0..9)
+                        .map(|t| {
+                            let xt = &x[t * stride..t * stride + nb];
+                            (vec_dot_q8(ty, wr, xt), abs_terms(ty, wr, xt))
+                        })
+                        .collect()
+                })
+                .collect();
+            for k in kernel_sets() {
+                for n_rows in 1..=9 {
+                    for n_tok in 1..=9 {
+                        let out_stride = n_rows + 1;
+                        let mut out = vec![f32::NAN; n_tok * out_stride];
+                        k.dot_q8_tile(
+                            ty, &w, row_bytes, n_rows, &x, stride, n_tok, &mut out, out_stride,
+                        );
+                        for r in 0..n_rows {
+                            for t in 0..n_tok {
+                                let (want, terms) = want[r][t];
+                                check_close(
+                                    &format!(
+                                        "{} {ty} cols={cols} tile {n_rows}x{n_tok} row {r} token {t}",
+                                        k.name()
+                                    ),
+                                    out[t * out_stride + r],
+                                    want,
+                                    terms,
+                                );
+                            }
+                            assert!(out[(n_tok - 1) * out_stride + n_rows].is_nan());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn detection_picks_a_supported_path() {
     let k = Kernels::detect();
@@ -330,7 +395,12 @@ fn bench_dot_q8_throughput() {
         (GgmlType::Q5_K, 896, 4864),
     ];
     let mut rng = Rng(99);
+    // `BENCH_TYPE=Q5_0` (say) benches one type only.
+    let only = std::env::var("BENCH_TYPE").ok();
     for (ty, rows, cols) in shapes {
+        if only.as_ref().is_some_and(|o| *o != ty.to_string()) {
+            continue;
+        }
         let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
         let big_rows = (512 << 20) / row_bytes;
         let w: Vec<u8> = (0..big_rows / rows + 1)
@@ -389,9 +459,16 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
             black_box(&out);
         }
     });
+    let mut out = [0.0f32; 4 * 8];
+    let tile8 = best_gbs(8 * row_bytes, l2_rows / 4 * 4, reps / 8 + 1, 5, || {
+        for r in w.chunks_exact(4 * row_bytes).take(l2_rows / 4) {
+            k.dot_q8_tile(ty, black_box(r), row_bytes, 4, x, nb, 8, &mut out, 4);
+            black_box(&out);
+        }
+    });
     println!(
         "{ty} {rows}x{cols} {:>12}: L2 {l2:6.2}  matrix {hot:6.2}  512MB {cold:6.2} GB/s | \
-         8 tokens: 8 calls {tok8:6.2}, multi {multi8:6.2} GB/s-equiv",
+         8 tokens: 8 calls {tok8:6.2}, multi {multi8:6.2}, tile {tile8:6.2} GB/s-equiv",
         k.name()
     );
 }

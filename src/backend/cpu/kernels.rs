@@ -203,6 +203,94 @@ impl Kernels {
         }
     }
 
+    /// A tile of dot products: `n_rows` consecutive weight rows (`row_bytes` bytes each, from
+    /// the start of `w`) against `n_tokens` token rows, for prompt processing. Afterwards
+    /// `out[t * out_stride + r]` is what `dot_q8` gives for row `r` and token `t` (up to f32
+    /// summation order). The AVX-512 path works in tiles of 4 rows × 8 tokens, so each unpacked
+    /// weight group serves 8 tokens and each activation group's scales and sums serve 4 rows;
+    /// other paths (and the edges of a tile) go row by row through [`Kernels::dot_q8_multi`].
+    ///
+    /// Token `t` has its activation blocks at `x[t * x_stride..][..nb]`, `nb = cols / 32`
+    /// implied by `row_bytes`. Panics unless `w`, `x` and `out` hold all of that.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn dot_q8_tile(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        n_rows: usize,
+        x: &[BlockQ8x32],
+        x_stride: usize,
+        n_tokens: usize,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        if n_rows == 0 || n_tokens == 0 {
+            return;
+        }
+        let nb = row_activation_blocks(ty, row_bytes);
+        assert!(
+            n_rows * row_bytes <= w.len()
+                && nb <= x_stride
+                && (n_tokens - 1) * x_stride + nb <= x.len()
+                && n_rows <= out_stride
+                && (n_tokens - 1) * out_stride + n_rows <= out.len(),
+            "dot_q8_tile: {n_rows} rows × {n_tokens} tokens do not fit the buffers"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: the Kernels invariant says the CPU has these features.
+            unsafe {
+                simd::avx512::dot_q8_tile(
+                    ty, w, row_bytes, n_rows, x, nb, x_stride, n_tokens, out, out_stride,
+                )
+            };
+            return;
+        }
+        self.tile_by_rows(
+            ty,
+            w,
+            row_bytes,
+            0..n_rows,
+            x,
+            x_stride,
+            0..n_tokens,
+            out,
+            out_stride,
+        );
+    }
+
+    /// The part `rows × tokens` of a [`Kernels::dot_q8_tile`] call, one row at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tile_by_rows(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        rows: std::ops::Range<usize>,
+        x: &[BlockQ8x32],
+        x_stride: usize,
+        tokens: std::ops::Range<usize>,
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        const CHUNK: usize = 16;
+        let mut buf = [0.0f32; CHUNK];
+        for r in rows {
+            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+            let mut t = tokens.start;
+            while t < tokens.end {
+                let n = (tokens.end - t).min(CHUNK);
+                self.dot_q8_multi(ty, wr, &x[t * x_stride..], x_stride, &mut buf[..n]);
+                for (i, &d) in buf[..n].iter().enumerate() {
+                    out[(t + i) * out_stride + r] = d;
+                }
+                t += n;
+            }
+        }
+    }
+
     /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
     #[inline]
     pub fn dot_f32(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {

@@ -483,6 +483,45 @@ impl MatCtx<'_> {
         let out = self.outs[job];
         let nb = w.cols / QK32;
         let q8 = activation_kind(w.ty) == ActKind::Q8;
+        if q8 && self.n_tokens >= TOKEN_GROUP {
+            // Prompt processing: tiles of TILE_ROWS rows × TILE_TOKENS tokens, so each
+            // unpacked weight group serves several tokens and each activation group's scales
+            // several rows.
+            const TILE_ROWS: usize = 4;
+            const TILE_TOKENS: usize = 8;
+            let bytes = w.bytes();
+            let mut buf = [0.0f32; TILE_ROWS * TILE_TOKENS];
+            // Rows outer: the tile's weights stay in L1 while the activations stream from L2.
+            // (Tokens outer, the activation tile in L1 and the task's weights from L2, measured
+            // the same on one thread; this order reads each weight row from memory once.)
+            for r in (r0..r1).step_by(TILE_ROWS) {
+                let nr = (r1 - r).min(TILE_ROWS);
+                for t in (0..self.n_tokens).step_by(TILE_TOKENS) {
+                    let nt = (self.n_tokens - t).min(TILE_TOKENS);
+                    self.kernels.dot_q8_tile(
+                        w.ty,
+                        &bytes[r * w.row_bytes..(r + nr) * w.row_bytes],
+                        w.row_bytes,
+                        nr,
+                        &self.xq[t * nb..],
+                        nb,
+                        nt,
+                        &mut buf,
+                        TILE_ROWS,
+                    );
+                    for i in 0..nr {
+                        let b = bias.and_then(|b| b.get(r + i)).copied().unwrap_or(0.0);
+                        for j in 0..nt {
+                            // SAFETY: each task owns rows r0..r1 of this output; row r of
+                            // token t is at t*rows+r.
+                            let o = unsafe { out.slice((t + j) * w.rows + r + i, 1) };
+                            o[0] = buf[j * TILE_ROWS + i] + b;
+                        }
+                    }
+                }
+            }
+            return;
+        }
         for r in r0..r1 {
             let wrow = w.row(r);
             let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
