@@ -25,9 +25,8 @@ fn case0_last_prompt_logits_are_close_to_transformers() {
 fn every_forced_cpu_kernel_path_gives_the_reference_tokens() {
     use marco::backend::cpu::kernels::{Isa, Kernels};
     use marco::backend::cpu::CpuBackend;
-    let file = std::sync::Arc::new(
-        marco::gguf::GgufFile::open(&common::default_model_path()).unwrap(),
-    );
+    let file =
+        std::sync::Arc::new(marco::gguf::GgufFile::open(&common::default_model_path()).unwrap());
     let case = &greedy_cases()[1];
     for isa in Isa::ALL {
         let Some(kernels) = Kernels::forced(isa) else {

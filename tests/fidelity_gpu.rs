@@ -21,7 +21,9 @@ fn gpu_cases_1_and_2_free_running_greedy_equal_the_reference() {
 
 #[test]
 fn gpu_teacher_forced_top1_matches_the_reference_wherever_the_margin_is_clear() {
-    checks::teacher_forced_top1_matches(&mut gpu_engine().lock().unwrap_or_else(|e| e.into_inner()));
+    checks::teacher_forced_top1_matches(
+        &mut gpu_engine().lock().unwrap_or_else(|e| e.into_inner()),
+    );
 }
 
 #[test]
@@ -37,7 +39,9 @@ fn gpu_and_cpu_agree_on_the_greedy_output_of_all_four_prompts() {
     let cases = common::greedy_cases();
     let outputs: Vec<(Vec<u32>, Vec<u32>)> = {
         let mut gpu = gpu_engine().lock().unwrap_or_else(|e| e.into_inner());
-        let mut cpu = common::cpu_engine().lock().unwrap_or_else(|e| e.into_inner());
+        let mut cpu = common::cpu_engine()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         cases
             .iter()
             .map(|c| {
