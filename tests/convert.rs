@@ -14,19 +14,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use common::{default_model_path, greedy_cases, hf_case0_logits, reference_dir};
+use common::checks::{self, greedy_until_eos};
+use common::{default_model_path, greedy_cases, reference_dir};
 use marco::backend::BackendKind;
 use marco::engine::{Engine, EngineOptions};
-use marco::generate::{argmax, generate, GenerateOptions, SamplingParams};
+use marco::generate::argmax;
 use marco::gguf::{GgufFile, GgufWriter, TensorDecl, Value};
 use marco::model::Logits;
 use marco_quantize::convert::{convert, ConvertOptions, FileType};
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::quants::quantize_row;
 use marco_quantize::GgmlType;
-
-/// Reference steps whose top-2 margin is below this are near ties (README: "below about 0.1").
-const MIN_MARGIN: f32 = 0.1;
 
 // ---------------------------------------------------------------------------------------
 // the checkpoint and the converted files
@@ -158,18 +156,6 @@ fn load(path: &Path) -> Engine {
 // ---------------------------------------------------------------------------------------
 // fidelity of the F16 file (the checks of tests/fidelity.rs)
 
-fn greedy_until_eos(engine: &mut Engine, prompt: &[u32]) -> Vec<u32> {
-    engine.model.reset();
-    let opts = GenerateOptions {
-        max_tokens: 64,
-        sampling: SamplingParams::default(),
-        stop_tokens: engine.stop_tokens().to_vec(),
-    };
-    generate(&mut engine.model, prompt, &opts, &mut |_| true)
-        .unwrap()
-        .0
-}
-
 /// Teacher-forced over `prompt + greedy_ids_48`: (steps with a clear margin, of which the top-1
 /// equals the reference).
 fn teacher_forced_agreement(engine: &mut Engine, case: &common::GreedyCase) -> (usize, usize) {
@@ -185,7 +171,7 @@ fn teacher_forced_agreement(engine: &mut Engine, case: &common::GreedyCase) -> (
     let first = case.prompt_ids.len() - 1;
     let (mut clear, mut agree) = (0, 0);
     for (step, (&want, &margin)) in case.ids_48.iter().zip(&case.margins).enumerate() {
-        if margin < MIN_MARGIN {
+        if margin < checks::MIN_MARGIN {
             continue;
         }
         let row = &logits[(first + step) * n_vocab..(first + step + 1) * n_vocab];
@@ -198,39 +184,10 @@ fn teacher_forced_agreement(engine: &mut Engine, case: &common::GreedyCase) -> (
 #[test]
 fn f16_conversion_meets_the_reference_fidelity() {
     let mut engine = load(&converted(FileType::F16));
-    let cases = greedy_cases();
-    for i in [1, 2] {
-        let got = greedy_until_eos(&mut engine, &cases[i].prompt_ids);
-        assert_eq!(got, cases[i].until_eos, "case {i}");
-        let text = engine.tokenizer.decode(&got[..got.len() - 1]);
-        assert_eq!(text, cases[i].greedy_text, "case {i}");
-    }
-    for (i, case) in cases.iter().enumerate() {
-        let (clear, agree) = teacher_forced_agreement(&mut engine, case);
-        assert!(clear >= 40, "case {i}: only {clear} clear steps");
-        assert_eq!(agree, clear, "case {i}: top-1 differs at a clear step");
-    }
-    let reference = hf_case0_logits();
-    engine.model.reset();
-    let mut logits = Vec::new();
-    engine
-        .model
-        .forward(&cases[0].prompt_ids, Logits::Last, &mut logits)
-        .unwrap();
-    let deltas: Vec<f32> = logits
-        .iter()
-        .zip(&reference)
-        .map(|(a, b)| (a - b).abs())
-        .collect();
-    let max = deltas.iter().copied().fold(0.0, f32::max);
-    let mean = deltas.iter().sum::<f32>() / deltas.len() as f32;
-    eprintln!(
-        "F16 conversion, case 0 last logits vs transformers: max |d| {max:.4}, mean {mean:.4}"
-    );
+    checks::free_running_cases_match(&mut engine);
+    checks::teacher_forced_top1_matches(&mut engine);
     // The README: llama.cpp is within 0.39 (mean 0.068); the bf16 checkpoint in f32 within 0.091.
-    assert!(max <= 0.5, "max |delta| {max}");
-    assert!(mean <= 0.1, "mean |delta| {mean}");
-    assert_eq!(argmax(&logits), argmax(&reference));
+    checks::case0_logits_close(&mut engine);
 }
 
 // ---------------------------------------------------------------------------------------
