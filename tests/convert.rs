@@ -14,13 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use common::checks::{self, greedy_until_eos};
+use common::checks::{self, greedy_until_eos, teacher_forced_agreement};
 use common::{default_model_path, greedy_cases, reference_dir};
 use marco::backend::BackendKind;
 use marco::engine::{Engine, EngineOptions};
-use marco::generate::argmax;
 use marco::gguf::{GgufFile, GgufWriter, TensorDecl, Value};
-use marco::model::Logits;
 use marco_quantize::convert::{convert, ConvertOptions, FileType};
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::quants::quantize_row;
@@ -155,31 +153,6 @@ fn load(path: &Path) -> Engine {
 
 // ---------------------------------------------------------------------------------------
 // fidelity of the F16 file (the checks of tests/fidelity.rs)
-
-/// Teacher-forced over `prompt + greedy_ids_48`: (steps with a clear margin, of which the top-1
-/// equals the reference).
-fn teacher_forced_agreement(engine: &mut Engine, case: &common::GreedyCase) -> (usize, usize) {
-    let n_vocab = engine.model.config().n_vocab;
-    let mut input = case.prompt_ids.clone();
-    input.extend_from_slice(&case.ids_48[..case.ids_48.len() - 1]);
-    engine.model.reset();
-    let mut logits = Vec::new();
-    engine
-        .model
-        .forward(&input, Logits::All, &mut logits)
-        .unwrap();
-    let first = case.prompt_ids.len() - 1;
-    let (mut clear, mut agree) = (0, 0);
-    for (step, (&want, &margin)) in case.ids_48.iter().zip(&case.margins).enumerate() {
-        if margin < checks::MIN_MARGIN {
-            continue;
-        }
-        let row = &logits[(first + step) * n_vocab..(first + step + 1) * n_vocab];
-        clear += 1;
-        agree += usize::from(argmax(row) == want);
-    }
-    (clear, agree)
-}
 
 #[test]
 fn f16_conversion_meets_the_reference_fidelity() {

@@ -383,7 +383,7 @@ fn detection_picks_a_supported_path() {
 /// is); then `dot_q8_multi` with 8 tokens against 8 single-token calls (L2 rows). Prints only:
 /// `cargo test --release -p marco --test kernels -- --ignored --nocapture bench`.
 #[test]
-#[ignore]
+#[ignore = "a throughput printout for tuning, not a check; run by hand"]
 fn bench_dot_q8_throughput() {
     let shapes = [
         (GgmlType::Q5_0, 4864, 896),

@@ -4,7 +4,7 @@ use marco::engine::Engine;
 use marco::generate::{generate, GenerateOptions, SamplingParams};
 use marco::model::Logits;
 
-use super::{greedy_cases, hf_case0_logits};
+use super::{greedy_cases, hf_case0_logits, GreedyCase};
 
 /// Reference steps whose top-2 margin is below this are near ties that correct engines may break
 /// either way (README: "below about 0.1").
@@ -33,36 +33,40 @@ pub fn free_running_cases_match(engine: &mut Engine) {
     }
 }
 
+/// Teacher-forced over `prompt + greedy_ids_48`: (steps with a clear margin, of which the top-1
+/// equals the reference).
+pub fn teacher_forced_agreement(engine: &mut Engine, case: &GreedyCase) -> (usize, usize) {
+    let n_vocab = engine.model.config().n_vocab;
+    let mut input = case.prompt_ids.clone();
+    input.extend_from_slice(&case.ids_48[..case.ids_48.len() - 1]);
+    engine.model.reset();
+    let mut logits = Vec::new();
+    engine
+        .model
+        .forward(&input, Logits::All, &mut logits)
+        .unwrap();
+    let first = case.prompt_ids.len() - 1;
+    let (mut clear, mut agree) = (0, 0);
+    for (step, (&want, &margin)) in case.ids_48.iter().zip(&case.margins).enumerate() {
+        if margin < MIN_MARGIN {
+            continue;
+        }
+        let row = &logits[(first + step) * n_vocab..(first + step + 1) * n_vocab];
+        clear += 1;
+        agree += usize::from(marco::generate::argmax(row) == want);
+    }
+    (clear, agree)
+}
+
 /// Teacher-forced on all four cases: top-1 equals the reference wherever its margin is clear.
 pub fn teacher_forced_top1_matches(engine: &mut Engine) {
-    let n_vocab = engine.model.config().n_vocab;
     for (i, case) in greedy_cases().iter().enumerate() {
-        let mut input = case.prompt_ids.clone();
-        input.extend_from_slice(&case.ids_48[..case.ids_48.len() - 1]);
-        engine.model.reset();
-        let mut logits = Vec::new();
-        engine
-            .model
-            .forward(&input, Logits::All, &mut logits)
-            .unwrap();
-        let first = case.prompt_ids.len() - 1;
-        let mut checked = 0;
-        for (step, (&want, &margin)) in case.ids_48.iter().zip(&case.margins).enumerate() {
-            if margin < MIN_MARGIN {
-                continue;
-            }
-            let row = &logits[(first + step) * n_vocab..(first + step + 1) * n_vocab];
-            let got = marco::generate::argmax(row);
-            assert_eq!(
-                got, want,
-                "case {i} step {step} (reference margin {margin})"
-            );
-            checked += 1;
-        }
+        let (clear, agree) = teacher_forced_agreement(engine, case);
         assert!(
-            checked >= 40,
-            "case {i}: only {checked} steps had a clear margin"
+            clear >= 40,
+            "case {i}: only {clear} steps had a clear margin"
         );
+        assert_eq!(agree, clear, "case {i}: top-1 differs at a clear step");
     }
 }
 
