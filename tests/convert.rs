@@ -20,7 +20,7 @@ use marco::backend::BackendKind;
 use marco::engine::{Engine, EngineOptions};
 use marco::gguf::{GgufFile, GgufWriter, TensorDecl, Value};
 use marco_quantize::convert::{convert, ConvertOptions, FileType};
-use marco_quantize::dequant::dequantize_row;
+use marco_quantize::dequant::dequantize_tensor;
 use marco_quantize::quants::quantize_row;
 use marco_quantize::GgmlType;
 
@@ -381,14 +381,7 @@ fn check_tensor(
 
 fn dequantize_all(file: &GgufFile, name: &str) -> Vec<f32> {
     let info = file.tensor_info(name).unwrap();
-    let row = info.row_len() as usize;
-    let data = file.data_for(info);
-    let rb = data.len() / info.n_rows() as usize;
-    let mut out = vec![0f32; info.n_elements() as usize];
-    for (src, dst) in data.chunks_exact(rb).zip(out.chunks_exact_mut(row)) {
-        dequantize_row(info.ty, src, dst);
-    }
-    out
+    dequantize_tensor(info.ty, file.data_for(info), info.n_elements() as usize)
 }
 
 #[test]

@@ -11,6 +11,14 @@ use crate::blocks::{
 };
 use crate::types::{GgmlType, QK32, QK_K};
 
+/// Dequantize a whole tensor of `n_elements` values. Its rows are whole blocks stored back to
+/// back, so the tensor is one long row as far as the block layout goes.
+pub fn dequantize_tensor(ty: GgmlType, src: &[u8], n_elements: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n_elements];
+    dequantize_row(ty, src, &mut out);
+    out
+}
+
 /// Dequantize one row: `src` holds the encoded row of `dst.len()` elements of type `ty`.
 ///
 /// The caller validates that `dst.len()` is a whole number of blocks and that

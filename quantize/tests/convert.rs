@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use marco_quantize::convert::{convert, ConvertOptions, ConvertReport, FileType};
-use marco_quantize::dequant::dequantize_row;
+use marco_quantize::dequant::dequantize_tensor;
 use marco_quantize::gguf::{GgufFile, Value};
 use marco_quantize::quants::{quantize_row, quantize_row_weighted};
 use marco_quantize::GgmlType;
@@ -321,14 +321,7 @@ fn source_values(tensors: &[St], hf_name: &str) -> Vec<f32> {
 /// All rows of a GGUF tensor, dequantized with our reference dequantizer.
 fn dequantized(file: &GgufFile, name: &str) -> Vec<f32> {
     let info = file.tensor_info(name).unwrap();
-    let row = info.row_len() as usize;
-    let data = file.data_for(info);
-    let rb = data.len() / info.n_rows() as usize;
-    let mut out = vec![0f32; info.n_elements() as usize];
-    for (src, dst) in data.chunks_exact(rb).zip(out.chunks_exact_mut(row)) {
-        dequantize_row(info.ty, src, dst);
-    }
-    out
+    dequantize_tensor(info.ty, file.data_for(info), info.n_elements() as usize)
 }
 
 // ---------------------------------------------------------------------------------------
