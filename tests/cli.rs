@@ -263,3 +263,54 @@ fn version_names_the_cpu_kernel_path() {
     assert!(o.status.success());
     assert!(stdout(&o).contains("cpu kernels:"), "{}", stdout(&o));
 }
+
+/// `marco synth`: the shape file is small and carries everything but the data; the model
+/// expanded from it has the real model's metadata, tensor names, types, shapes and size, and
+/// the engine runs it (bench reports a speed).
+#[test]
+fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
+    let dir = scratch_dir("synth");
+    let shape = dir.join("shape.gguf");
+    let model = dir.join("synth.gguf");
+    let shape_arg = shape.to_str().unwrap();
+    let model_out = model.to_str().unwrap();
+    let o = marco(&[
+        "synth",
+        "--like",
+        &model_arg(),
+        "--shape-only",
+        "-o",
+        shape_arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = marco(&["synth", "--like", shape_arg, "-o", model_out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let real = marco::gguf::GgufFile::open(&default_model_path()).unwrap();
+    let shape_file = marco::gguf::GgufFile::open(&shape).unwrap();
+    let synth = marco::gguf::GgufFile::open(&model).unwrap();
+    assert!(shape_file.tensors().is_empty());
+    assert!(shape_file.file_size() < real.file_size() / 20);
+    assert_eq!(synth.metadata(), real.metadata());
+    assert_eq!(synth.file_size(), real.file_size());
+    let describe = |f: &marco::gguf::GgufFile| -> Vec<_> {
+        f.tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.ty, t.dims.clone(), t.offset))
+            .collect()
+    };
+    assert_eq!(describe(&synth), describe(&real));
+    let differing = real
+        .tensors()
+        .iter()
+        .filter(|t| real.data_for(t) != synth.data_for(t))
+        .count();
+    assert!(differing > real.tensors().len() / 2, "weights were copied");
+
+    let o = marco(&[
+        "bench", "-m", model_out, "-p", "8", "-n", "4", "-r", "1", "-t", "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("tg4"), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

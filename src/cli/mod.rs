@@ -5,6 +5,7 @@ mod inspect;
 mod kld;
 mod quantize;
 mod run;
+mod synth;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,9 @@ enum Command {
     Kld(kld::KldArgs),
     /// Measure prompt and decode speed (llama-bench compatible output).
     Bench(bench::BenchArgs),
+    /// Write a model with another's shapes, types and tokenizer and random weights (for
+    /// benchmarks where the real file cannot go), or just its shape file (--shape-only).
+    Synth(synth::SynthArgs),
 }
 
 /// Options shared by the commands that load a model.
@@ -196,5 +200,6 @@ pub fn run() -> Result<()> {
         Command::List => run::list(),
         Command::Bench(a) => bench::bench(a),
         Command::Kld(a) => kld::kld(a),
+        Command::Synth(a) => synth::synth(a),
     }
 }

@@ -28,10 +28,59 @@ pub struct Recorder {
     pipelines: Pipelines,
     bind_groups: HashMap<(Kernel, [usize; MAX_BINDINGS]), wgpu::BindGroup>,
     encoder: Option<wgpu::CommandEncoder>,
+    /// The open compute pass of `encoder`: consecutive dispatches share one pass (a pass per
+    /// dispatch costs wgpu several microseconds of CPU time each, hundreds of times a token).
+    /// wgpu still places the barriers between dispatches that read what an earlier one wrote.
+    pass: Option<wgpu::ComputePass<'static>>,
     params: wgpu::Buffer,
     param_data: Vec<u8>,
     slot_bytes: u64,
     staging: Option<wgpu::Buffer>,
+    /// Per-dispatch wall times when `MARCO_GPU_PROFILE` is set (see [`Profile`]).
+    profile: Option<Profile>,
+}
+
+/// A developer's view of where GPU time goes, without timestamp queries (which not every
+/// adapter offers): with `MARCO_GPU_PROFILE=1` every dispatch is submitted and waited for on
+/// its own, and its wall time is added to its kernel and grid. The totals include one
+/// submission's latency per dispatch, so they overstate small kernels; the ranking is what
+/// counts. Printed to stderr when the backend is dropped.
+#[derive(Default)]
+struct Profile {
+    /// (kernel and grid) -> (dispatches, seconds).
+    by_kernel: HashMap<String, (u64, f64)>,
+}
+
+impl Profile {
+    fn from_env() -> Option<Profile> {
+        std::env::var_os("MARCO_GPU_PROFILE")
+            .filter(|v| !v.is_empty() && v != "0")
+            .map(|_| Profile::default())
+    }
+
+    fn report(&self) {
+        let mut rows: Vec<_> = self.by_kernel.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let total: f64 = rows.iter().map(|r| r.1 .1).sum();
+        eprintln!("GPU profile (each dispatch submitted and waited for alone): {total:.3} s");
+        for (name, (n, secs)) in rows {
+            eprintln!(
+                "{:>9.3} ms {:>5.1}% {:>8} x {:>8.1} us  {name}",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12),
+                n,
+                secs * 1e6 / *n as f64
+            );
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            p.report();
+        }
+    }
 }
 
 impl Recorder {
@@ -50,10 +99,12 @@ impl Recorder {
             pipelines: Pipelines::default(),
             bind_groups: HashMap::new(),
             encoder: None,
+            pass: None,
             params,
             param_data: Vec::with_capacity((slot_bytes * PARAM_SLOTS) as usize),
             slot_bytes,
             staging: None,
+            profile: Profile::from_env(),
         }
     }
 
@@ -91,7 +142,9 @@ impl Recorder {
         self.gpu.queue.write_buffer(&self.bufs[index], offset, data);
     }
 
+    /// The encoder, with no compute pass open (copies are recorded outside passes).
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         let device = &self.gpu.device;
         self.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -113,22 +166,60 @@ impl Recorder {
         if groups == 0 || z == 0 {
             return Ok(());
         }
+        let started = match self.profile {
+            Some(_) => Some(self.settle()?),
+            None => None,
+        };
         let (x, y) = self.grid(groups)?;
         let offset = self.push_params(params)?;
         let key = self.bind_group(kernel, res)?;
         let compiled = self.pipelines.get(&self.gpu.device, kernel);
         let pipeline = compiled.pipeline.clone();
         let bind_group = self.bind_groups[&key].clone();
-        let mut pass = self
-            .encoder()
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
+        let pass = self.pass()?;
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[offset]);
         pass.dispatch_workgroups(x, y, z);
+        if let Some(started) = started {
+            self.settle()?;
+            let secs = started.elapsed().as_secs_f64();
+            if let Some(p) = &mut self.profile {
+                let e = p
+                    .by_kernel
+                    .entry(format!("{kernel:?} {x}x{y}x{z}"))
+                    .or_default();
+                e.0 += 1;
+                e.1 += secs;
+            }
+        }
         Ok(())
+    }
+
+    /// Submits what is recorded and waits until the GPU is idle (profiling only).
+    fn settle(&mut self) -> Result<std::time::Instant> {
+        self.flush();
+        self.gpu
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("GPU: {e}"))?;
+        Ok(std::time::Instant::now())
+    }
+
+    /// The open compute pass, begun on the encoder when none is.
+    fn pass(&mut self) -> Result<&mut wgpu::ComputePass<'static>> {
+        if self.pass.is_none() {
+            let pass = self
+                .encoder()
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass
+            .as_mut()
+            .ok_or_else(|| anyhow!("internal: no compute pass"))
     }
 
     /// Records a copy of `bytes` from `src` at `src_off` to `dst` at `dst_off`.
@@ -143,6 +234,7 @@ impl Recorder {
 
     /// Submits everything recorded so far (without waiting for it).
     pub fn flush(&mut self) {
+        self.pass = None;
         let Some(encoder) = self.encoder.take() else {
             return;
         };
