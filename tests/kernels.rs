@@ -472,3 +472,56 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         k.name()
     );
 }
+
+/// The prompt GEMM (AVX-512 VNNI) against the reference for every type it takes: 8 rows
+/// (some repeated, as a last partial tile passes them) × 1..=40 tokens (whole and partial
+/// groups of 16).
+#[test]
+fn gemm_matches_reference() {
+    use marco::backend::cpu::gemm::{PackedActs, Unpacked, ROWS, TOKENS};
+    let Some(k) = Kernels::forced(Isa::Avx512Vnni) else {
+        return; // this CPU has no AVX-512 VNNI: there is no GEMM path to check
+    };
+    let mut rng = Rng(0x6e33_0001);
+    let mut scratch = Unpacked::default();
+    for ty in Q8_TYPES.into_iter().filter(|&t| k.has_gemm(t)) {
+        let cols_list: &[usize] = if ty.block_size() == QK32 {
+            &[32 * 5, 896]
+        } else {
+            &[256, 1536]
+        };
+        for &cols in cols_list {
+            let nb = cols / QK32;
+            let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
+            let w = random_row(&mut rng, ty, cols * ROWS);
+            let rows: [&[u8]; ROWS] =
+                std::array::from_fn(|r| &w[r.min(5) * row_bytes..(r.min(5) + 1) * row_bytes]);
+            for n_tok in [1, 16, 17, 40] {
+                let x: Vec<BlockQ8x32> = (0..n_tok)
+                    .flat_map(|_| random_acts(&mut rng, cols))
+                    .collect();
+                let mut acts = PackedActs::default();
+                acts.pack(&x, nb, n_tok);
+                let mut got = vec![[f32::NAN; ROWS]; n_tok.div_ceil(TOKENS) * TOKENS];
+                k.gemm_tile(ty, rows, &acts, &mut scratch, |g, sums| {
+                    for (r, s) in sums.iter().enumerate() {
+                        for (t, &v) in s.iter().enumerate() {
+                            got[g * TOKENS + t][r] = v;
+                        }
+                    }
+                });
+                for (r, row) in rows.iter().enumerate() {
+                    for t in 0..n_tok {
+                        let xt = &x[t * nb..(t + 1) * nb];
+                        check_close(
+                            &format!("gemm {ty} cols={cols} tokens={n_tok} row {r} token {t}"),
+                            got[t][r],
+                            vec_dot_q8(ty, row, xt),
+                            abs_terms(ty, row, xt),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

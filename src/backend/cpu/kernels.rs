@@ -11,6 +11,7 @@ use marco_quantize::act::BlockQ8x32;
 use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
 use marco_quantize::{GgmlType, QK32};
 
+use super::gemm;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use super::simd;
 
@@ -292,6 +293,45 @@ impl Kernels {
     }
 
     /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
+    /// Whether [`gemm_tile`](Self::gemm_tile) handles weights of type `ty` on this path.
+    pub fn has_gemm(&self, ty: GgmlType) -> bool {
+        self.isa == Isa::Avx512Vnni && gemm::supports(ty)
+    }
+
+    /// The prompt GEMM over 8 weight rows of type `ty` and every token of `acts`: calls
+    /// `emit(group, sums)` per group of 16 tokens (see `simd::gemm512`).
+    ///
+    /// # Panics
+    /// If [`has_gemm`](Self::has_gemm) is false for `ty`, or a row is not one row of the
+    /// activations' width.
+    pub fn gemm_tile(
+        &self,
+        ty: GgmlType,
+        rows: [&[u8]; gemm::ROWS],
+        acts: &gemm::PackedActs,
+        scratch: &mut gemm::Unpacked,
+        emit: impl FnMut(usize, &[[f32; gemm::TOKENS]; gemm::ROWS]),
+    ) {
+        assert!(
+            self.has_gemm(ty),
+            "gemm_tile: no GEMM for {ty} on {}",
+            self.name()
+        );
+        let row_bytes = ty.row_bytes((acts.blocks() * QK32) as u64);
+        assert!(
+            rows.iter().all(|r| Some(r.len() as u64) == row_bytes),
+            "gemm_tile: rows do not match {} activation blocks",
+            acts.blocks()
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `has_gemm` checked that this CPU has AVX-512 VNNI.
+        unsafe {
+            simd::gemm512::gemm_tile(ty, rows, acts, scratch, emit)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (rows, scratch, emit);
+    }
+
     #[inline]
     pub fn dot_f32(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
         match self.isa {

@@ -1,6 +1,7 @@
 //! The CPU backend: weights stay quantized in the memory-mapped GGUF; activations are quantized
 //! to 8-bit blocks so the inner loops are integer dot products.
 
+pub mod gemm;
 pub mod kernels;
 pub mod pool;
 mod simd;
@@ -13,6 +14,7 @@ use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, ActKind};
 use marco_quantize::{GgmlType, QK32};
 
+use self::gemm::{PackedActs, Unpacked};
 use self::kernels::Kernels;
 use self::pool::{SharedMut, ThreadPool};
 use super::{AttnShape, Backend, BufId, MatJob, WeightId};
@@ -58,6 +60,8 @@ pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Vec<f32>>,
     act_q8: Vec<BlockQ8x32>,
+    /// `act_q8` transposed for the prompt GEMM (when the kernels have one).
+    packed: PackedActs,
     kv: Option<KvCache>,
     scratch: Vec<f32>,
 }
@@ -82,6 +86,7 @@ impl CpuBackend {
             weights: Vec::new(),
             bufs: Vec::new(),
             act_q8: Vec::new(),
+            packed: PackedActs::default(),
             kv: None,
             scratch: Vec::new(),
         }
@@ -247,6 +252,13 @@ impl Backend for CpuBackend {
                     &mut self.act_q8[t * nb..(t + 1) * nb],
                 );
             }
+            if n_tokens >= GEMM_MIN_TOKENS
+                && jobs
+                    .iter()
+                    .any(|j| self.kernels.has_gemm(self.weight(j.weight).ty))
+            {
+                self.packed.pack(&self.act_q8, nb, n_tokens);
+            }
         }
         let mut outs = [SharedMut(std::ptr::null_mut()); 4];
         for (i, j) in jobs.iter().enumerate() {
@@ -263,6 +275,7 @@ impl Backend for CpuBackend {
             outs: &outs,
             x: &xs[..n_tokens * cols],
             xq: &self.act_q8,
+            packed: &self.packed,
             n_tokens,
             kernels: &self.kernels,
         };
@@ -434,7 +447,8 @@ impl RowPlan {
         let total: usize = r.iter().sum();
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
-        let rows_per_task = (total / (n_threads * 16)).clamp(4, 256);
+        // A multiple of the GEMM's 8-row tiles.
+        let rows_per_task = (total / (n_threads * 16)).clamp(8, 256).next_multiple_of(8);
         let mut tasks_before = [0usize; 5];
         for i in 0..4 {
             tasks_before[i + 1] = tasks_before[i] + r[i].div_ceil(rows_per_task);
@@ -460,6 +474,9 @@ impl RowPlan {
     }
 }
 
+/// Fewest tokens for which the prompt GEMM beats the row-dot tiles.
+const GEMM_MIN_TOKENS: usize = 16;
+
 /// Tokens handled by one multi-token kernel call.
 const TOKEN_GROUP: usize = 4;
 
@@ -469,11 +486,47 @@ struct MatCtx<'a> {
     outs: &'a [SharedMut<f32>; 4],
     x: &'a [f32],
     xq: &'a [BlockQ8x32],
+    packed: &'a PackedActs,
     n_tokens: usize,
     kernels: &'a Kernels,
 }
 
 impl MatCtx<'_> {
+    /// Rows `r0..r1` of `w` against all tokens through the prompt GEMM, 8 rows at a time
+    /// (a last partial tile repeats its last row and keeps only the real ones).
+    fn gemm_rows(
+        &self,
+        w: &CpuWeight,
+        bias: Option<&[f32]>,
+        out: SharedMut<f32>,
+        r0: usize,
+        r1: usize,
+    ) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Unpacked> = std::cell::RefCell::default();
+        }
+        use self::gemm::{ROWS, TOKENS};
+        SCRATCH.with_borrow_mut(|scratch| {
+            for r in (r0..r1).step_by(ROWS) {
+                let nr = (r1 - r).min(ROWS);
+                let rows = std::array::from_fn(|i| w.row(r + i.min(nr - 1)));
+                self.kernels
+                    .gemm_tile(w.ty, rows, self.packed, scratch, |g, sums| {
+                        let t0 = g * TOKENS;
+                        let nt = (self.n_tokens - t0).min(TOKENS);
+                        for (i, sums) in sums[..nr].iter().enumerate() {
+                            let b = bias.and_then(|b| b.get(r + i)).copied().unwrap_or(0.0);
+                            for (t, &d) in sums[..nt].iter().enumerate() {
+                                // SAFETY: each task owns rows r0..r1 of this output; row
+                                // r of token t is at t*rows+r.
+                                unsafe { out.slice((t0 + t) * w.rows + r + i, 1)[0] = d + b };
+                            }
+                        }
+                    });
+            }
+        });
+    }
+
     fn run_rows(&self, job: usize, r0: usize, r1: usize) {
         let j = &self.jobs[job];
         let w = &self.weights[j.weight.0];
@@ -483,6 +536,10 @@ impl MatCtx<'_> {
         let out = self.outs[job];
         let nb = w.cols / QK32;
         let q8 = activation_kind(w.ty) == ActKind::Q8;
+        if q8 && self.n_tokens >= GEMM_MIN_TOKENS && self.kernels.has_gemm(w.ty) {
+            self.gemm_rows(w, bias, out, r0, r1);
+            return;
+        }
         if q8 && self.n_tokens >= TOKEN_GROUP {
             // Prompt processing: tiles of TILE_ROWS rows × TILE_TOKENS tokens, so each
             // unpacked weight group serves several tokens and each activation group's scales

@@ -223,7 +223,7 @@ x86_block_loops!(
 /// Nibbles plus fifth bits (bit j of `qh` → +16 on weight j), merged under a byte mask.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn legacy_5bit(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
+pub(super) fn legacy_5bit(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
     let hb = _mm256_maskz_mov_epi8(u32::from_le_bytes(qh), _mm256_set1_epi8(0x10));
     // (nibbles & 0x0F) | hb in one ternary-logic op.
     let nib = legacy_nibbles_unmasked(qs);
@@ -232,7 +232,7 @@ fn legacy_5bit(qs: &[u8; 16], qh: [u8; 4]) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
+pub(super) fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     let mut u = k4_unpack(b.d, b.dmin, &b.scales, &b.qs);
     let qh = load_u8(&b.qh);
     let sixteen = _mm256_set1_epi8(0x10);
