@@ -346,6 +346,30 @@ impl Kernels {
         }
     }
 
+    /// One query head's attention (see [`attend`](super::attend)); `out.len()` channels.
+    ///
+    /// # Panics
+    /// If the head's rows reach past `kt`, `v` or `scores`.
+    pub fn attend(&self, h: &super::attend::Head, scores: &mut [f32], out: &mut [f32]) {
+        let hd = h.q.len();
+        assert!(
+            out.len() == hd
+                && scores.len() >= h.n_ctx
+                && h.n_ctx <= h.kt_stride
+                && (hd == 0 || h.kt.len() >= (hd - 1) * h.kt_stride + h.n_ctx)
+                && (h.n_ctx == 0 || h.v.len() >= (h.n_ctx - 1) * h.v_stride + hd),
+            "attend: head does not fit its buffers"
+        );
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { super::attend::attend_avx512(h, scores, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { super::attend::attend_avx2(h, scores, out) },
+            _ => super::attend::attend_portable(h, scores, out),
+        }
+    }
+
     /// Plain f32 dot product over the common length of `a` and `b`.
     #[inline]
     pub fn dot_plain(&self, a: &[f32], b: &[f32]) -> f32 {

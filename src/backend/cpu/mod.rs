@@ -1,6 +1,7 @@
 //! The CPU backend: weights stay quantized in the memory-mapped GGUF; activations are quantized
 //! to 8-bit blocks so the inner loops are integer dot products.
 
+mod attend;
 pub mod gemm;
 pub mod kernels;
 pub mod pool;
@@ -338,11 +339,20 @@ impl Backend for CpuBackend {
             pos0 + n_tokens,
             kv.max_ctx
         );
+        // K is stored transposed, [channel][position] (see `attend`); V by position.
+        let max_ctx = kv.max_ctx;
+        let kt = &mut kv.k[layer];
+        for (t, krow) in self.bufs[k.0][..n_tokens * kv_dim]
+            .chunks_exact(kv_dim)
+            .enumerate()
+        {
+            for (c, &x) in krow.iter().enumerate() {
+                kt[c * max_ctx + pos0 + t] = x;
+            }
+        }
         let range = pos0 * kv_dim..(pos0 + n_tokens) * kv_dim;
-        kv.k[layer][range.clone()].copy_from_slice(&self.bufs[k.0][..n_tokens * kv_dim]);
         kv.v[layer][range].copy_from_slice(&self.bufs[v.0][..n_tokens * kv_dim]);
         let scratch = SharedMut(self.scratch.as_mut_ptr());
-        let max_ctx = kv.max_ctx;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
         let kernels = self.kernels;
         let qs = &self.bufs[q.0];
@@ -351,24 +361,20 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (hd as f32).sqrt();
         self.pool.run(n_tokens * shape.n_head, &|task, worker| {
             let (t, h) = (task / shape.n_head, task % shape.n_head);
-            let n_ctx = pos0 + t + 1;
             let kv_off = (h / group) * hd;
-            let qv = &qs[t * q_width + h * hd..][..hd];
+            let head = attend::Head {
+                q: &qs[t * q_width + h * hd..][..hd],
+                kt: &kc[kv_off * max_ctx..(kv_off + hd) * max_ctx],
+                kt_stride: max_ctx,
+                v: &vc[kv_off..],
+                v_stride: kv_dim,
+                n_ctx: pos0 + t + 1,
+                scale,
+            };
             // SAFETY: each worker owns its scratch row; each task owns its output head.
-            let scores = unsafe { scratch.slice(worker * max_ctx, n_ctx) };
+            let scores = unsafe { scratch.slice(worker * max_ctx, max_ctx) };
             let dst = unsafe { out_ptr.slice(t * q_width + h * hd, hd) };
-            for (j, s) in scores.iter_mut().enumerate() {
-                let kr = &kc[j * kv_dim + kv_off..][..hd];
-                *s = kernels.dot_plain(qv, kr) * scale;
-            }
-            softmax_in_place(scores);
-            dst.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let vr = &vc[j * kv_dim + kv_off..][..hd];
-                for (d, &vv) in dst.iter_mut().zip(vr) {
-                    *d += p * vv;
-                }
-            }
+            kernels.attend(&head, scores, dst);
         });
         Ok(())
     }
@@ -418,17 +424,6 @@ impl Backend for CpuBackend {
 fn rms_scale(row: &[f32], eps: f32) -> f32 {
     let sum: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
     (1.0 / (sum / row.len() as f64 + eps as f64).sqrt()) as f32
-}
-
-fn softmax_in_place(v: &mut [f32]) {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for s in v.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    v.iter_mut().for_each(|s| *s *= inv);
 }
 
 /// How the rows of up to four matmul outputs are cut into tasks.
