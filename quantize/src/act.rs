@@ -22,6 +22,7 @@ impl BlockQ8x32 {
     /// Quantize 32 values, as ggml's `quantize_row_q8_0` does but keeping `d` in f32:
     /// `d = amax / 127`, `qs = round(x / d)` (computed as `round(x * (1/d))`, halves away from
     /// zero, like C's `roundf`).
+    #[inline]
     pub fn quantize(x: &[f32; QK32]) -> Self {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -45,6 +46,7 @@ impl BlockQ8x32 {
 ///
 /// The caller ensures `x.len() == 32 * out.len()` (checked in debug builds); otherwise only the
 /// complete pairs of (32 values, block) are processed.
+#[inline]
 pub fn quantize_activations(x: &[f32], out: &mut [BlockQ8x32]) {
     debug_assert_eq!(
         x.len(),

@@ -9,6 +9,8 @@
 //! softmax's `exp` is a polynomial the compiler vectorizes; and the value rows are summed
 //! with vector FMAs.
 
+use super::elementwise::exp_poly;
+
 /// Most positions' scores worked on at once per lane group (the reductions' width).
 const LANES: usize = 16;
 
@@ -28,27 +30,77 @@ pub struct Head<'a> {
 
 #[inline(always)]
 fn attend_body(h: &Head, scores: &mut [f32], out: &mut [f32]) {
-    let n = h.n_ctx;
-    let scores = &mut scores[..n];
-    scores.fill(0.0);
+    let scores = &mut scores[..h.n_ctx];
+    qk_scores(h, scores);
+    let max = lane_max(scores);
+    let inv = 1.0 / exp_in_place(scores, max);
+    // Accumulators in registers for the usual head sizes (a slice would be stored and
+    // reloaded for every position: a store-forwarding chain).
+    match out.len() {
+        64 => weighted_values::<64>(h, scores, inv, out),
+        128 => weighted_values::<128>(h, scores, inv, out),
+        _ => weighted_values_any(h, scores, inv, out),
+    }
+}
+
+/// Positions per block of [`qk_scores`], whose scores stay in registers across channels.
+const KEY_BLOCK: usize = 64;
+
+/// `scores[j] = scale · q · K[j]`, a block of positions at a time.
+#[inline(always)]
+fn qk_scores(h: &Head, scores: &mut [f32]) {
+    let n = scores.len();
+    let mut j0 = 0;
+    while j0 + KEY_BLOCK <= n {
+        let mut acc = [0.0f32; KEY_BLOCK];
+        for (d, &qd) in h.q.iter().enumerate() {
+            let krow = &h.kt[d * h.kt_stride + j0..][..KEY_BLOCK];
+            for (a, &k) in acc.iter_mut().zip(krow) {
+                *a += qd * k;
+            }
+        }
+        for (s, a) in scores[j0..j0 + KEY_BLOCK].iter_mut().zip(acc) {
+            *s = a * h.scale;
+        }
+        j0 += KEY_BLOCK;
+    }
+    let tail = &mut scores[j0..];
+    tail.fill(0.0);
     for (d, &qd) in h.q.iter().enumerate() {
-        let qd = qd * h.scale;
-        let krow = &h.kt[d * h.kt_stride..d * h.kt_stride + n];
-        for (s, &k) in scores.iter_mut().zip(krow) {
+        let krow = &h.kt[d * h.kt_stride + j0..][..tail.len()];
+        for (s, &k) in tail.iter_mut().zip(krow) {
             *s += qd * k;
         }
     }
-    let max = lane_max(scores);
-    let sum = exp_in_place(scores, max);
-    let inv = 1.0 / sum;
+    tail.iter_mut().for_each(|s| *s *= h.scale);
+}
+
+/// `out = inv · Σ_j scores[j] · V[j]` for heads of `HD` channels.
+#[inline(always)]
+fn weighted_values<const HD: usize>(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
+    let mut acc = [0.0f32; HD];
+    for (j, &p) in scores.iter().enumerate() {
+        let vr = &h.v[j * h.v_stride..][..HD];
+        for (a, &x) in acc.iter_mut().zip(vr) {
+            *a += p * x;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a * inv;
+    }
+}
+
+/// [`weighted_values`] for any head size.
+#[inline(always)]
+fn weighted_values_any(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
-        let p = p * inv;
-        let vr = &h.v[j * h.v_stride..j * h.v_stride + out.len()];
+        let vr = &h.v[j * h.v_stride..][..out.len()];
         for (o, &x) in out.iter_mut().zip(vr) {
             *o += p * x;
         }
     }
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Maximum of `v`, reduced in lanes so that it vectorizes.
@@ -85,27 +137,6 @@ fn exp_in_place(v: &mut [f32], max: f32) -> f32 {
     sum + acc.iter().sum::<f32>()
 }
 
-/// `e^x` for `x ≤ 0` (softmax arguments), relative error ≈ 2e-7: `2^k · e^r` with
-/// `k = round(x·log2 e)` and a degree-6 polynomial for `|r| ≤ ln2/2`. Plain arithmetic (the
-/// rounding by the 1.5·2^23 trick, the power of two built in the exponent bits) so that it
-/// vectorizes; below -87 it returns 2^-126·e^r (≈ 0, and never a denormal or NaN).
-#[inline(always)]
-pub fn exp_poly(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = if x > -87.0 { x } else { -87.0 };
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let pow2 = f32::from_bits(((k as i32 + 127) as u32) << 23);
-    p * pow2
-}
-
 /// The baseline build of [`attend_body`].
 pub fn attend_portable(h: &Head, scores: &mut [f32], out: &mut [f32]) {
     attend_body(h, scores, out)
@@ -129,20 +160,4 @@ pub unsafe fn attend_avx512(h: &Head, scores: &mut [f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn attend_avx2(h: &Head, scores: &mut [f32], out: &mut [f32]) {
     attend_body(h, scores, out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_poly_is_close_to_exp() {
-        let mut x = 0.0f32;
-        while x > -100.0 {
-            let (got, want) = (exp_poly(x), x.exp());
-            let err = (got - want).abs();
-            assert!(err <= 4e-7 * want + 1e-37, "exp({x}) = {got}, want {want}");
-            x -= 0.0137;
-        }
-    }
 }

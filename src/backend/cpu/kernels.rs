@@ -370,6 +370,32 @@ impl Kernels {
         }
     }
 
+    /// `out[i] = silu(gate[i]) · up[i]` over the common length.
+    pub fn swiglu(&self, gate: &[f32], up: &[f32], out: &mut [f32]) {
+        use super::elementwise as e;
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { e::swiglu_avx512(gate, up, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { e::swiglu_avx2(gate, up, out) },
+            _ => e::swiglu_portable(gate, up, out),
+        }
+    }
+
+    /// `marco_quantize::act::quantize_activations`, compiled for this path (same results).
+    pub fn quantize_activations(&self, x: &[f32], out: &mut [BlockQ8x32]) {
+        use super::elementwise as e;
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { e::quantize_avx512(x, out) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { e::quantize_avx2(x, out) },
+            _ => marco_quantize::act::quantize_activations(x, out),
+        }
+    }
+
     /// Plain f32 dot product over the common length of `a` and `b`.
     #[inline]
     pub fn dot_plain(&self, a: &[f32], b: &[f32]) -> f32 {

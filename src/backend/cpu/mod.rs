@@ -2,6 +2,7 @@
 //! to 8-bit blocks so the inner loops are integer dot products.
 
 mod attend;
+mod elementwise;
 pub mod gemm;
 pub mod kernels;
 pub mod pool;
@@ -10,7 +11,7 @@ mod simd;
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
-use marco_quantize::act::{quantize_activations, BlockQ8x32};
+use marco_quantize::act::BlockQ8x32;
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, ActKind};
 use marco_quantize::{GgmlType, QK32};
@@ -247,12 +248,13 @@ impl Backend for CpuBackend {
             if self.act_q8.len() < n_tokens * nb {
                 self.act_q8.resize(n_tokens * nb, BlockQ8x32::default());
             }
-            for t in 0..n_tokens {
-                quantize_activations(
-                    &xs[t * cols..(t + 1) * cols],
-                    &mut self.act_q8[t * nb..(t + 1) * nb],
-                );
-            }
+            let (kernels, act) = (self.kernels, SharedMut(self.act_q8.as_mut_ptr()));
+            let xs = &xs;
+            self.pool.run(n_tokens, &|t, _| {
+                // SAFETY: each task owns token t's blocks.
+                let out = unsafe { act.slice(t * nb, nb) };
+                kernels.quantize_activations(&xs[t * cols..(t + 1) * cols], out);
+            });
             if n_tokens >= GEMM_MIN_TOKENS
                 && jobs
                     .iter()
@@ -385,10 +387,16 @@ impl Backend for CpuBackend {
         let res = if out == gate || out == up {
             Err(anyhow::anyhow!("internal: swiglu output aliases an input"))
         } else {
-            let o = &mut self.bufs[out.0];
-            for ((o, &g), &u) in o[..len].iter_mut().zip(&g[..len]).zip(&u[..len]) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            let o = SharedMut(self.bufs[out.0][..len].as_mut_ptr());
+            let (kernels, g, u) = (self.kernels, &g[..len], &u[..len]);
+            // Chunks of 4096: a few tasks per thread at prompt sizes, one when decoding.
+            const CHUNK: usize = 4096;
+            self.pool.run(len.div_ceil(CHUNK), &|task, _| {
+                let r = task * CHUNK..((task + 1) * CHUNK).min(len);
+                // SAFETY: each task owns its range of the output.
+                let out = unsafe { o.slice(r.start, r.len()) };
+                kernels.swiglu(&g[r.clone()], &u[r], out);
+            });
             Ok(())
         };
         self.bufs[gate.0] = g;
