@@ -383,7 +383,7 @@ pub(super) fn legacy_apply<const OFF: i32, const MIN: bool>(
 /// Scales and (with `has_min`) mins of 8 legacy blocks; quants to be filled in.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn legacy_scales<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
+pub(super) fn legacy_scales<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
     legacy8(d8(w), m8(w), has_min)
 }
 

@@ -5,10 +5,11 @@
 //! EVEX encoding still brings 32 registers and byte masks (the fifth bits of Q5 quants are a
 //! mask-register merge). Signed Q8_0 weights are made unsigned by adding 128 and subtracting
 //! `128·Σx`, which the activation blocks carry. The loop structure (8 blocks per horizontal
-//! reduction, weights unpacked once for up to 4 tokens) is the AVX2 module's; the scales of a
-//! group of 8 blocks (weights and activations) are picked out with permutes of wide loads
-//! rather than element inserts. (Two blocks per 512-bit register was tried on Zen 4: the
-//! inserts that pair the blocks ate the gain, and it stayed well behind this grouped loop.)
+//! reduction, weights unpacked once for up to 4 tokens) is the AVX2 module's, and so are the
+//! helpers that pick out a group's scales: 512-bit word permutes of wide loads did that in
+//! fewer instructions but ran 10-50% slower per kernel on Zen 4 than AVX2's inserts. (Two
+//! blocks per 512-bit register was tried on Zen 4 too: the inserts that pair the blocks ate
+//! the gain, and it stayed well behind this grouped loop.)
 
 use std::arch::x86_64::*;
 
@@ -19,10 +20,10 @@ use marco_quantize::blocks::{
 use marco_quantize::dot::vec_dot_q8;
 use marco_quantize::GgmlType;
 
-use super::avx2::{
+use super::avx2::{legacy_scales, x_group, 
     self, fma_scaled, k4_unpack, kquant_apply, legacy8, legacy_apply, legacy_nibbles,
     legacy_nibbles_unmasked, load_i32x8, load_i8, load_ps, load_u8, q6k_dot, reduce8, totals,
-    unpack_q6_k, zero_acc, Acc, Kq8, Legacy8,
+    unpack_q6_k, zero_acc, Acc, Kq8,
 };
 use super::row_blocks;
 use super::x86::{in_quads, LegacyBlock};
@@ -175,45 +176,6 @@ fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
-/// Scales and (with `has_min`) mins of 8 legacy blocks; quants to be filled in. The f16
-/// fields are picked out of the group's bytes with word permutes (two at most) instead of
-/// sixteen element inserts.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn legacy_scales<B: LegacyBlock>(w: &[B; 8], has_min: bool) -> Legacy8 {
-    let size = std::mem::size_of::<B>();
-    let words = 4 * size; // 16-bit words in the 8 blocks (every block size here is even)
-    let p = w.as_ptr().cast::<i16>();
-    // The group's words as four 32-word registers, the lanes past its end masked off.
-    let load = |k: usize| {
-        let valid = words.saturating_sub(32 * k).min(32);
-        let mask = u32::MAX.checked_shr(32 - valid as u32).unwrap_or(0);
-        // SAFETY: masked-off lanes are not read (no fault either); the rest lie inside `w`.
-        unsafe { _mm512_maskz_loadu_epi16(mask, p.wrapping_add(32 * k)) }
-    };
-    // Lane i < 8: the scale `d` (word 0) of block i; lane 8 + i: its min `m` (word 1).
-    let offset = |i: usize| (i % 8) * size / 2 + i / 8;
-    let idx: [i16; 32] = std::array::from_fn(|i| (offset(i.min(15)) % 64) as i16);
-    // SAFETY: `idx` is 64 readable bytes.
-    let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
-    let high: u32 = (0..16).filter(|&i| offset(i) >= 64).map(|i| 1 << i).sum();
-    let mut r = _mm512_permutex2var_epi16(load(0), idx, load(1));
-    if high != 0 {
-        let r2 = _mm512_permutex2var_epi16(load(2), idx, load(3));
-        r = _mm512_mask_blend_epi16(high, r, r2);
-    }
-    let f = _mm512_cvtph_ps(_mm512_castsi512_si256(r));
-    let z = _mm256_setzero_si256();
-    Legacy8 {
-        q: [z; 8],
-        d: _mm512_castps512_ps256(f),
-        m: if has_min {
-            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(f)))
-        } else {
-            _mm256_setzero_ps()
-        },
-    }
-}
 
 x86_block_loops!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
@@ -244,37 +206,6 @@ pub(super) fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     u
 }
 
-/// The scales and quant sums of a group of 8 activation blocks: five 64-byte loads and three
-/// permutes instead of sixteen element inserts (this runs once per group and token).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn x_group(xs: &[BlockQ8x32; 8]) -> (__m256, __m256i) {
-    const _: () = assert!(std::mem::size_of::<[BlockQ8x32; 8]>() == 5 * 64);
-    let p = xs.as_ptr().cast::<i32>();
-    // SAFETY: the 8 blocks are exactly 320 readable bytes = five 64-byte loads, unaligned.
-    let z = unsafe {
-        [
-            _mm512_loadu_si512(p.cast()),
-            _mm512_loadu_si512(p.add(16).cast()),
-            _mm512_loadu_si512(p.add(32).cast()),
-            _mm512_loadu_si512(p.add(48).cast()),
-            _mm512_loadu_si512(p.add(64).cast()),
-        ]
-    };
-    // Block i's scale is dword 10i, its sum dword 10i+1. Gather scales into lanes 0..8 and
-    // sums into lanes 8..16: blocks 0..4 from dwords 0..32, 4..7 from 32..64, 7 from 64..80.
-    let ia = _mm512_setr_epi32(0, 10, 20, 30, 0, 0, 0, 0, 1, 11, 21, 31, 0, 0, 0, 0);
-    let ib = _mm512_setr_epi32(0, 0, 0, 0, 8, 18, 28, 0, 0, 0, 0, 0, 9, 19, 29, 0);
-    let ic = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7);
-    let a = _mm512_permutex2var_epi32(z[0], ia, z[1]);
-    let b = _mm512_permutex2var_epi32(z[2], ib, z[3]);
-    let c = _mm512_permutexvar_epi32(ic, z[4]);
-    let r = _mm512_mask_blend_epi32(0x8080, _mm512_mask_blend_epi32(0x7070, a, b), c);
-    (
-        _mm256_castsi256_ps(_mm512_castsi512_si256(r)),
-        _mm512_extracti64x4_epi64::<1>(r),
-    )
-}
 
 // ---- tiles: several weight rows × several tokens ----
 
