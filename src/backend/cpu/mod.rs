@@ -271,6 +271,7 @@ impl Backend for CpuBackend {
         let plan = RowPlan::new(
             jobs.iter().map(|j| self.weight(j.weight).rows),
             self.pool.n_threads(),
+            n_tokens >= GEMM_MIN_TOKENS,
         );
         let ctx = MatCtx {
             weights: &self.weights,
@@ -389,8 +390,9 @@ impl Backend for CpuBackend {
         } else {
             let o = SharedMut(self.bufs[out.0][..len].as_mut_ptr());
             let (kernels, g, u) = (self.kernels, &g[..len], &u[..len]);
-            // Chunks of 4096: a few tasks per thread at prompt sizes, one when decoding.
-            const CHUNK: usize = 4096;
+            // Chunks of 16384: many tasks at prompt sizes, one when decoding (a fork-join for
+            // a few microseconds of work would only risk waiting on a descheduled worker).
+            const CHUNK: usize = 16384;
             self.pool.run(len.div_ceil(CHUNK), &|task, _| {
                 let r = task * CHUNK..((task + 1) * CHUNK).min(len);
                 // SAFETY: each task owns its range of the output.
@@ -442,7 +444,8 @@ struct RowPlan {
 }
 
 impl RowPlan {
-    fn new(rows: impl Iterator<Item = usize>, n_threads: usize) -> RowPlan {
+    /// `whole_tiles`: tasks of whole 8-row GEMM tiles (prompts).
+    fn new(rows: impl Iterator<Item = usize>, n_threads: usize, whole_tiles: bool) -> RowPlan {
         let mut r = [0usize; 4];
         for (i, n) in rows.enumerate() {
             r[i] = n;
@@ -450,8 +453,12 @@ impl RowPlan {
         let total: usize = r.iter().sum();
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
-        // A multiple of the GEMM's 8-row tiles.
-        let rows_per_task = (total / (n_threads * 16)).clamp(8, 256).next_multiple_of(8);
+        let rows_per_task = (total / (n_threads * 16)).clamp(4, 256);
+        let rows_per_task = if whole_tiles {
+            rows_per_task.next_multiple_of(8)
+        } else {
+            rows_per_task
+        };
         let mut tasks_before = [0usize; 5];
         for i in 0..4 {
             tasks_before[i + 1] = tasks_before[i] + r[i].div_ceil(rows_per_task);

@@ -20,10 +20,10 @@ use marco_quantize::blocks::{
 use marco_quantize::dot::vec_dot_q8;
 use marco_quantize::GgmlType;
 
-use super::avx2::{legacy_scales, x_group, 
+use super::avx2::{
     self, fma_scaled, k4_unpack, kquant_apply, legacy8, legacy_apply, legacy_nibbles,
-    legacy_nibbles_unmasked, load_i32x8, load_i8, load_ps, load_u8, q6k_dot, reduce8, totals,
-    unpack_q6_k, zero_acc, Acc, Kq8,
+    legacy_nibbles_unmasked, legacy_scales, load_i32x8, load_i8, load_ps, load_u8, q6k_dot,
+    reduce8, totals, unpack_q6_k, x_group, zero_acc, Acc, Kq8,
 };
 use super::row_blocks;
 use super::x86::{in_quads, LegacyBlock};
@@ -176,7 +176,6 @@ fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
 }
 
-
 x86_block_loops!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     dot_u8_i8
@@ -205,7 +204,6 @@ pub(super) fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     }
     u
 }
-
 
 // ---- tiles: several weight rows × several tokens ----
 
