@@ -466,6 +466,24 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
             black_box(&out);
         }
     });
+    if k.has_q8k_dot(ty) {
+        let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut bytes = vec![0u8; GgmlType::Q8_K.row_bytes(cols as u64).unwrap() as usize];
+        quantize_row(GgmlType::Q8_K, &xf, &mut bytes);
+        let x8k =
+            marco_quantize::blocks::as_blocks::<marco_quantize::blocks::BlockQ8K>(&bytes).unwrap();
+        let q8k = |n_rows: usize| {
+            for r in w.chunks_exact(row_bytes).take(n_rows) {
+                black_box(k.dot_q8k(ty, black_box(r), x8k));
+            }
+        };
+        let l2k = best_gbs(row_bytes, l2_rows, reps, 5, || q8k(l2_rows));
+        let coldk = best_gbs(row_bytes, big_rows, 1, 2, || q8k(big_rows));
+        println!(
+            "  {} with Q8_K activations: L2 {l2k:6.2}  512MB {coldk:6.2} GB/s",
+            k.name()
+        );
+    }
     println!(
         "{ty} {rows}x{cols} {:>12}: L2 {l2:6.2}  matrix {hot:6.2}  512MB {cold:6.2} GB/s | \
          8 tokens: 8 calls {tok8:6.2}, multi {multi8:6.2}, tile {tile8:6.2} GB/s-equiv",
@@ -521,6 +539,51 @@ fn gemm_matches_reference() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The one-token K-quant kernels against `Q8_K` activations, on every path this CPU runs,
+/// against the scalar reference, on the K-quant row widths.
+#[test]
+fn q8k_dot_matches_reference() {
+    use marco_quantize::blocks::BlockQ8K;
+    use marco_quantize::dot::vec_dot_q8k;
+    let mut rng = Rng(0x0008_0c0d);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        for cols in COLS_256 {
+            let w = random_row(&mut rng, ty, cols);
+            let x: Vec<f32> = (0..cols)
+                .map(|i| (1.0 + ((i / 256) % 5) as f32) * rng.unit())
+                .collect();
+            let mut bytes = vec![0u8; GgmlType::Q8_K.row_bytes(cols as u64).unwrap() as usize];
+            quantize_row(GgmlType::Q8_K, &x, &mut bytes);
+            let xq: Vec<BlockQ8K> = marco_quantize::blocks::as_blocks::<BlockQ8K>(&bytes)
+                .unwrap()
+                .to_vec();
+            let want = vec_dot_q8k(ty, &w, &xq).unwrap();
+            // Σ|w·x| of the decoded values: the scale of the rounding differences.
+            let mut wf = vec![0.0f32; cols];
+            dequantize_row(ty, &w, &mut wf);
+            let mut xf = vec![0.0f32; cols];
+            dequantize_row(GgmlType::Q8_K, &bytes, &mut xf);
+            let terms: f64 = wf
+                .iter()
+                .zip(&xf)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
+            // And the reference agrees with the dot of the decoded values.
+            let decoded: f64 = wf.iter().zip(&xf).map(|(&a, &b)| a as f64 * b as f64).sum();
+            check_close(
+                &format!("reference {ty} cols={cols}"),
+                want,
+                decoded as f32,
+                terms,
+            );
+            for k in kernel_sets() {
+                let label = format!("{} {ty} cols={cols} q8k", k.name());
+                check_close(&label, k.dot_q8k(ty, &w, &xq), want, terms);
             }
         }
     }

@@ -301,3 +301,68 @@ fn dot_q8_k(b: &BlockQ8K, x: &[BlockQ8x32; 8]) -> f32 {
     }
     acc
 }
+
+/// Reference dot product of a K-quant weight row (`Q4_K`, `Q5_K` or `Q6_K`) with activations
+/// quantized to `Q8_K` blocks (one scale per 256 values and the sums of each 16 quants, as
+/// ggml's `vec_dot_*_q8_K` take them); `None` for other types. Whole super-blocks present in
+/// both are used. The integer sums are exact; each super-block is scaled once.
+pub fn vec_dot_q8k(ty: GgmlType, w_row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
+    fn rows<'a, B: Block>(
+        w: &'a [u8],
+        x: &'a [BlockQ8K],
+    ) -> impl Iterator<Item = (&'a B, &'a BlockQ8K)> {
+        leading_blocks::<B>(w).iter().zip(x)
+    }
+    let bsum = |x: &BlockQ8K, g: usize| -> i32 {
+        i32::from(x.bsum(2 * g).unwrap_or(0)) + i32::from(x.bsum(2 * g + 1).unwrap_or(0))
+    };
+    let mut acc = 0.0f32;
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let parts: Vec<(f32, f32, [u8; 12], [[i32; 32]; 8])> = if ty == GgmlType::Q4_K {
+                leading_blocks::<BlockQ4K>(w_row)
+                    .iter()
+                    .map(|b| {
+                        let q = std::array::from_fn(|g| nibble_group(&b.qs, g));
+                        (b.d.to_f32(), b.dmin.to_f32(), b.scales, q)
+                    })
+                    .collect()
+            } else {
+                leading_blocks::<BlockQ5K>(w_row)
+                    .iter()
+                    .map(|b| {
+                        let q = std::array::from_fn(|g| {
+                            let mut q = nibble_group(&b.qs, g);
+                            for (l, v) in q.iter_mut().enumerate() {
+                                *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
+                            }
+                            q
+                        });
+                        (b.d.to_f32(), b.dmin.to_f32(), b.scales, q)
+                    })
+                    .collect()
+            };
+            for ((d, dmin, scales, q), xb) in parts.iter().zip(x) {
+                let (mut sumi, mut summ) = (0i32, 0i32);
+                for (g, q) in q.iter().enumerate() {
+                    let (sc, m) = get_scale_min_k4(g, scales);
+                    sumi += sc as i32 * idot(q, &xb.qs[32 * g..32 * g + 32]);
+                    summ += m as i32 * bsum(xb, g);
+                }
+                acc += xb.d() * (d * sumi as f32 - dmin * summ as f32);
+            }
+        }
+        GgmlType::Q6_K => {
+            for (b, xb) in rows::<BlockQ6K>(w_row, x) {
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let q: [i32; 16] = std::array::from_fn(|l| q6k_quant(b, 16 * j + l) as i32);
+                    sumi += b.scales[j] as i32 * idot(&q, &xb.qs[16 * j..16 * j + 16]);
+                }
+                acc += xb.d() * b.d.to_f32() * sumi as f32;
+            }
+        }
+        _ => return None,
+    }
+    Some(acc)
+}

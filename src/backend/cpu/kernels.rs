@@ -8,7 +8,8 @@
 use std::sync::OnceLock;
 
 use marco_quantize::act::BlockQ8x32;
-use marco_quantize::dot::{vec_dot_f32, vec_dot_q8};
+use marco_quantize::blocks::BlockQ8K;
+use marco_quantize::dot::{vec_dot_f32, vec_dot_q8, vec_dot_q8k};
 use marco_quantize::{GgmlType, QK32};
 
 use super::gemm;
@@ -293,6 +294,34 @@ impl Kernels {
     }
 
     /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
+    /// Whether [`dot_q8k`](Self::dot_q8k) has a kernel for `ty` on this path (then one-token
+    /// products of `ty` run against `Q8_K` activations).
+    pub fn has_q8k_dot(&self, ty: GgmlType) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.isa, Isa::Avx2 | Isa::Avx512Vnni) {
+            return simd::q8k::supports(ty);
+        }
+        let _ = ty;
+        false
+    }
+
+    /// Dot product of a K-quant weight row with `Q8_K` activations (see
+    /// `marco_quantize::dot::vec_dot_q8k`, the reference, which other paths use).
+    ///
+    /// # Panics
+    /// If `ty` is not `Q4_K`, `Q5_K` or `Q6_K`.
+    #[inline]
+    pub fn dot_q8k(&self, ty: GgmlType, w: &[u8], x: &[BlockQ8K]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.has_q8k_dot(ty) {
+            // SAFETY: both x86 paths imply AVX2, FMA and F16C (see `has_avx2`).
+            if let Some(d) = unsafe { simd::q8k::dot(ty, w, x) } {
+                return d;
+            }
+        }
+        vec_dot_q8k(ty, w, x).unwrap_or_else(|| panic!("dot_q8k: {ty} is not a K-quant"))
+    }
+
     /// Whether [`gemm_tile`](Self::gemm_tile) handles weights of type `ty` on this path.
     pub fn has_gemm(&self, ty: GgmlType) -> bool {
         self.isa == Isa::Avx512Vnni && gemm::supports(ty)

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use marco_quantize::act::BlockQ8x32;
+use marco_quantize::blocks::{as_blocks, BlockQ8K};
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, ActKind};
-use marco_quantize::{GgmlType, QK32};
+use marco_quantize::quants::quantize_row;
+use marco_quantize::{GgmlType, QK32, QK_K};
 
 use self::gemm::{PackedActs, Unpacked};
 use self::kernels::Kernels;
@@ -62,6 +64,10 @@ pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Vec<f32>>,
     act_q8: Vec<BlockQ8x32>,
+    /// One token's activations as `Q8_K` bytes, for the K-quant kernels, and whether they
+    /// are current.
+    act_q8k: Vec<u8>,
+    act_q8k_ready: bool,
     /// `act_q8` transposed for the prompt GEMM (when the kernels have one).
     packed: PackedActs,
     kv: Option<KvCache>,
@@ -89,6 +95,8 @@ impl CpuBackend {
             bufs: Vec::new(),
             act_q8: Vec::new(),
             packed: PackedActs::default(),
+            act_q8k: Vec::new(),
+            act_q8k_ready: false,
             kv: None,
             scratch: Vec::new(),
         }
@@ -263,6 +271,17 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
+        self.act_q8k_ready = n_tokens == 1
+            && cols % QK_K == 0
+            && jobs
+                .iter()
+                .any(|j| self.kernels.has_q8k_dot(self.weight(j.weight).ty));
+        if self.act_q8k_ready {
+            // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.
+            let bytes = GgmlType::Q8_K.row_bytes(cols as u64).unwrap_or(0) as usize;
+            self.act_q8k.resize(bytes, 0);
+            quantize_row(GgmlType::Q8_K, &xs[..cols], &mut self.act_q8k);
+        }
         let mut outs = [SharedMut(std::ptr::null_mut()); 4];
         for (i, j) in jobs.iter().enumerate() {
             let rows = self.weight(j.weight).rows;
@@ -279,6 +298,11 @@ impl Backend for CpuBackend {
             outs: &outs,
             x: &xs[..n_tokens * cols],
             xq: &self.act_q8,
+            xq8k: if self.act_q8k_ready {
+                as_blocks::<BlockQ8K>(&self.act_q8k)
+            } else {
+                None
+            },
             packed: &self.packed,
             n_tokens,
             kernels: &self.kernels,
@@ -497,6 +521,8 @@ struct MatCtx<'a> {
     x: &'a [f32],
     xq: &'a [BlockQ8x32],
     packed: &'a PackedActs,
+    /// The token as `Q8_K` blocks, when there is one token and a K-quant kernel for it.
+    xq8k: Option<&'a [BlockQ8K]>,
     n_tokens: usize,
     kernels: &'a Kernels,
 }
@@ -548,6 +574,15 @@ impl MatCtx<'_> {
         let q8 = activation_kind(w.ty) == ActKind::Q8;
         if q8 && self.n_tokens >= GEMM_MIN_TOKENS && self.kernels.has_gemm(w.ty) {
             self.gemm_rows(w, bias, out, r0, r1);
+            return;
+        }
+        if let (Some(xq8k), true) = (self.xq8k, self.kernels.has_q8k_dot(w.ty)) {
+            for r in r0..r1 {
+                let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
+                let d = self.kernels.dot_q8k(w.ty, w.row(r), xq8k);
+                // SAFETY: each task owns rows r0..r1 of this output (one token).
+                unsafe { out.slice(r, 1)[0] = d + b };
+            }
             return;
         }
         if q8 && self.n_tokens >= TOKEN_GROUP {

@@ -405,6 +405,18 @@ pub(super) struct Kq8 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn k4_unpack(d: LeF16, dmin: LeF16, scales: &[u8; 12], qs: &[u8; 128]) -> Kq8 {
     let (sc, m) = k4_scales_mins(scales);
+    Kq8 {
+        q: k4_unpack_quants(qs, None),
+        dsc: _mm256_mul_ps(bytes_to_ps(sc), _mm256_set1_ps(f16_to_f32(d))),
+        dm: _mm256_mul_ps(bytes_to_ps(m), _mm256_set1_ps(f16_to_f32(dmin))),
+    }
+}
+
+/// The 8 groups' unsigned quants of a Q4_K (no `qh`: 0..16) or Q5_K (`qh`, the fifth bits:
+/// 0..32) super-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k4_unpack_quants(qs: &[u8; 128], qh: Option<&[u8; 32]>) -> [__m256i; 8] {
     let low4 = _mm256_set1_epi8(0x0F);
     let mut q = [_mm256_setzero_si256(); 8];
     for (pair, v) in q
@@ -417,26 +429,40 @@ pub(super) fn k4_unpack(d: LeF16, dmin: LeF16, scales: &[u8; 12], qs: &[u8; 128]
         pair[0] = _mm256_and_si256(v, low4);
         pair[1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low4);
     }
-    Kq8 {
-        q,
-        dsc: _mm256_mul_ps(bytes_to_ps(sc), _mm256_set1_ps(f16_to_f32(d))),
-        dm: _mm256_mul_ps(bytes_to_ps(m), _mm256_set1_ps(f16_to_f32(dmin))),
+    if let Some(qh) = qh {
+        let qh = load_u8(qh);
+        let sixteen = _mm256_set1_epi8(0x10);
+        // The fifth bit of group g is bit g of each qh byte.
+        for (g, q) in q.iter_mut().enumerate() {
+            let bit = _mm256_set1_epi8((1u8 << g) as i8);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+            *q = _mm256_or_si256(*q, _mm256_and_si256(set, sixteen));
+        }
     }
+    q
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_q5_k(b: &BlockQ5K) -> Kq8 {
     let mut u = k4_unpack(b.d, b.dmin, &b.scales, &b.qs);
-    let qh = load_u8(&b.qh);
-    let sixteen = _mm256_set1_epi8(0x10);
-    // The fifth bit of group g is bit g of each qh byte.
-    for (g, q) in u.q.iter_mut().enumerate() {
-        let bit = _mm256_set1_epi8((1u8 << g) as i8);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-        *q = _mm256_or_si256(*q, _mm256_and_si256(set, sixteen));
-    }
+    u.q = k4_unpack_quants(&b.qs, Some(&b.qh));
     u
+}
+
+/// The 8 groups' unsigned quants (0..64) of a Q6_K super-block: two halves of 128 weights,
+/// each 64 bytes of low nibbles and 32 bytes of high bit pairs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6k_quants(b: &BlockQ6K) -> [__m256i; 8] {
+    let ql = b.ql.as_chunks::<32>().0;
+    let qh = b.qh.as_chunks::<32>().0;
+    let mut q = [_mm256_setzero_si256(); 8];
+    for (g, q) in q.iter_mut().enumerate() {
+        let (h, k) = (g / 4, g % 4);
+        *q = q6k_group(load_u8(&ql[2 * h + k % 2]), load_u8(&qh[h]), k);
+    }
+    q
 }
 
 /// Adds a super-block's group dots `r` (lane g: group g) and its min term to `acc`, given the
@@ -463,14 +489,7 @@ pub(super) struct Q6k8 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn unpack_q6_k(b: &BlockQ6K) -> Q6k8 {
-    // Two halves of 128 weights: 64 bytes of low nibbles, 32 bytes of high bit pairs.
-    let ql = b.ql.as_chunks::<32>().0;
-    let qh = b.qh.as_chunks::<32>().0;
-    let mut q = [_mm256_setzero_si256(); 8];
-    for (g, q) in q.iter_mut().enumerate() {
-        let (h, k) = (g / 4, g % 4);
-        *q = q6k_group(load_u8(&ql[2 * h + k % 2]), load_u8(&qh[h]), k);
-    }
+    let q = q6k_quants(b);
     // SAFETY: `scales` is 16 readable bytes and the load has no alignment requirement.
     let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
     // Group g uses scales 2g (its first 16 weights) and 2g+1: i32 lane g of sc16 holds that

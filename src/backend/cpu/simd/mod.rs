@@ -24,6 +24,8 @@ pub mod avx512;
 pub mod gemm512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(target_arch = "x86_64")]
+pub mod q8k;
 
 use marco_quantize::blocks::{as_blocks, Block};
 
