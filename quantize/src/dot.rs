@@ -313,43 +313,25 @@ pub fn vec_dot_q8k(ty: GgmlType, w_row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
     ) -> impl Iterator<Item = (&'a B, &'a BlockQ8K)> {
         leading_blocks::<B>(w).iter().zip(x)
     }
-    let bsum = |x: &BlockQ8K, g: usize| -> i32 {
-        i32::from(x.bsum(2 * g).unwrap_or(0)) + i32::from(x.bsum(2 * g + 1).unwrap_or(0))
-    };
     let mut acc = 0.0f32;
     match ty {
-        GgmlType::Q4_K | GgmlType::Q5_K => {
-            let parts: Vec<(f32, f32, [u8; 12], [[i32; 32]; 8])> = if ty == GgmlType::Q4_K {
-                leading_blocks::<BlockQ4K>(w_row)
-                    .iter()
-                    .map(|b| {
-                        let q = std::array::from_fn(|g| nibble_group(&b.qs, g));
-                        (b.d.to_f32(), b.dmin.to_f32(), b.scales, q)
-                    })
-                    .collect()
-            } else {
-                leading_blocks::<BlockQ5K>(w_row)
-                    .iter()
-                    .map(|b| {
-                        let q = std::array::from_fn(|g| {
-                            let mut q = nibble_group(&b.qs, g);
-                            for (l, v) in q.iter_mut().enumerate() {
-                                *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
-                            }
-                            q
-                        });
-                        (b.d.to_f32(), b.dmin.to_f32(), b.scales, q)
-                    })
-                    .collect()
-            };
-            for ((d, dmin, scales, q), xb) in parts.iter().zip(x) {
-                let (mut sumi, mut summ) = (0i32, 0i32);
-                for (g, q) in q.iter().enumerate() {
-                    let (sc, m) = get_scale_min_k4(g, scales);
-                    sumi += sc as i32 * idot(q, &xb.qs[32 * g..32 * g + 32]);
-                    summ += m as i32 * bsum(xb, g);
-                }
-                acc += xb.d() * (d * sumi as f32 - dmin * summ as f32);
+        GgmlType::Q4_K => {
+            for (b, xb) in rows::<BlockQ4K>(w_row, x) {
+                let q = std::array::from_fn(|g| nibble_group(&b.qs, g));
+                acc += k4_super_q8k(b.d.to_f32(), b.dmin.to_f32(), &b.scales, &q, xb);
+            }
+        }
+        GgmlType::Q5_K => {
+            for (b, xb) in rows::<BlockQ5K>(w_row, x) {
+                let q = std::array::from_fn(|g| {
+                    let mut q = nibble_group(&b.qs, g);
+                    // The fifth bit of weight 32g + l is bit g of qh[l].
+                    for (l, v) in q.iter_mut().enumerate() {
+                        *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
+                    }
+                    q
+                });
+                acc += k4_super_q8k(b.d.to_f32(), b.dmin.to_f32(), &b.scales, &q, xb);
             }
         }
         GgmlType::Q6_K => {
@@ -365,4 +347,18 @@ pub fn vec_dot_q8k(ty: GgmlType, w_row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
         _ => return None,
     }
     Some(acc)
+}
+
+/// One Q4_K/Q5_K super-block (scales `d`, `dmin`, packed sub-block scales and mins, the 8
+/// groups' quants) against one `Q8_K` block.
+fn k4_super_q8k(d: f32, dmin: f32, scales: &[u8; 12], q: &[[i32; 32]; 8], xb: &BlockQ8K) -> f32 {
+    let (mut sumi, mut summ) = (0i32, 0i32);
+    for (g, q) in q.iter().enumerate() {
+        let (sc, m) = get_scale_min_k4(g, scales);
+        sumi += sc as i32 * idot(q, &xb.qs[32 * g..32 * g + 32]);
+        let bsum =
+            i32::from(xb.bsum(2 * g).unwrap_or(0)) + i32::from(xb.bsum(2 * g + 1).unwrap_or(0));
+        summ += m as i32 * bsum;
+    }
+    xb.d() * (d * sumi as f32 - dmin * summ as f32)
 }

@@ -272,7 +272,7 @@ impl Backend for CpuBackend {
             }
         }
         self.act_q8k_ready = n_tokens == 1
-            && cols % QK_K == 0
+            && cols.is_multiple_of(QK_K)
             && jobs
                 .iter()
                 .any(|j| self.kernels.has_q8k_dot(self.weight(j.weight).ty));
