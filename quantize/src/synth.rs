@@ -46,10 +46,9 @@ pub fn tensor_decls(like: &GgufFile) -> Result<Vec<TensorDecl>> {
 }
 
 fn parse_decl(s: &str) -> Result<TensorDecl> {
-    let mut parts = s.split('|');
-    let (Some(name), Some(ty), Some(dims), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    // From the right: a tensor name may itself contain '|'.
+    let mut parts = s.rsplitn(3, '|');
+    let (Some(dims), Some(ty), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
         bail!("expected name|type|d0,d1,...");
     };
     let ty = GgmlType::ALL
@@ -121,9 +120,11 @@ fn random_tensor(d: &TensorDecl, seed: u64) -> Vec<u8> {
     std::thread::scope(|s| {
         for (c, chunk) in data.chunks_mut(rows_per_chunk * row_bytes).enumerate() {
             s.spawn(move || {
-                let mut rng = SplitMix64(seed.wrapping_add(c as u64));
                 let mut row = vec![0f32; row_len];
-                for dst in chunk.chunks_mut(row_bytes) {
+                for (i, dst) in chunk.chunks_mut(row_bytes).enumerate() {
+                    // Seeded per row, so the file does not depend on the number of cores.
+                    let r = (c * rows_per_chunk + i) as u64;
+                    let mut rng = SplitMix64(seed ^ r.wrapping_mul(0xD1B5_4A32_D192_ED03));
                     for x in row.iter_mut() {
                         *x = if is_norm { 1.0 } else { rng.uniform() * 0.05 };
                     }
@@ -164,5 +165,7 @@ mod tests {
         assert!(parse_decl("a|Q9_9|1").is_err());
         assert!(parse_decl("a|F32|x").is_err());
         assert!(parse_decl("a|F32").is_err());
+        let odd = TensorDecl::new("a|b", &[32], GgmlType::F32);
+        assert_eq!(parse_decl(&format_decl(&odd)).unwrap(), odd);
     }
 }

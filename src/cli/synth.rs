@@ -30,13 +30,16 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     if a.shape_only {
         return write_shape(&like, &a.output);
     }
-    let total: u64 = tensor_decls(&like)?
+    // For the progress bar only: the writer validates the shapes (overflow included).
+    let total = tensor_decls(&like)?
         .iter()
         .filter_map(|d| {
-            let rows: u64 = d.dims[1..].iter().product();
-            d.ty.row_bytes(d.dims[0]).map(|r| r * rows)
+            let rows = d.dims[1..]
+                .iter()
+                .try_fold(1u64, |a, &b| a.checked_mul(b))?;
+            d.ty.row_bytes(d.dims[0])?.checked_mul(rows)
         })
-        .sum();
+        .fold(0u64, u64::saturating_add);
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

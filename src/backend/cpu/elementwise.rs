@@ -16,8 +16,9 @@ pub fn exp_poly(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = if x > -87.0 { x } else { -87.0 };
-    let x = if x < 88.0 { x } else { 88.0 };
+                                     // Clamped with comparisons that are false for NaN, so a NaN comes out as NaN.
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
     let k = (x * LOG2E + ROUND) - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
@@ -89,5 +90,6 @@ mod tests {
             assert!(err <= 4e-7 * want + 1e-37, "exp({x}) = {got}, want {want}");
             x -= 0.0137;
         }
+        assert!(exp_poly(f32::NAN).is_nan());
     }
 }

@@ -293,7 +293,6 @@ impl Kernels {
         }
     }
 
-    /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
     /// Whether [`dot_q8k`](Self::dot_q8k) has a kernel for `ty` on this path (then one-token
     /// products of `ty` run against `Q8_K` activations).
     pub fn has_q8k_dot(&self, ty: GgmlType) -> bool {
@@ -361,6 +360,7 @@ impl Kernels {
         let _ = (rows, scratch, emit);
     }
 
+    /// Dot product of a float (F32/F16/BF16) weight row with f32 activations.
     #[inline]
     pub fn dot_f32(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
         match self.isa {

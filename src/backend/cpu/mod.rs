@@ -248,9 +248,14 @@ impl Backend for CpuBackend {
             "internal: matmul jobs must share the input width"
         );
         let xs = std::mem::take(&mut self.bufs[x.0]);
-        let needs_q8 = jobs
-            .iter()
-            .any(|j| activation_kind(self.weight(j.weight).ty) == ActKind::Q8);
+        // One token of K-quant products goes against Q8_K activations (see `simd::q8k`).
+        let q8k_dot =
+            |ty| n_tokens == 1 && cols.is_multiple_of(QK_K) && self.kernels.has_q8k_dot(ty);
+        self.act_q8k_ready = jobs.iter().any(|j| q8k_dot(self.weight(j.weight).ty));
+        let needs_q8 = jobs.iter().any(|j| {
+            let ty = self.weight(j.weight).ty;
+            activation_kind(ty) == ActKind::Q8 && !q8k_dot(ty)
+        });
         if needs_q8 {
             let nb = cols / QK32;
             if self.act_q8.len() < n_tokens * nb {
@@ -271,11 +276,6 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
-        self.act_q8k_ready = n_tokens == 1
-            && cols.is_multiple_of(QK_K)
-            && jobs
-                .iter()
-                .any(|j| self.kernels.has_q8k_dot(self.weight(j.weight).ty));
         if self.act_q8k_ready {
             // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.
             let bytes = GgmlType::Q8_K.row_bytes(cols as u64).unwrap_or(0) as usize;

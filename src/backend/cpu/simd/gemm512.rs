@@ -38,8 +38,8 @@ fn quarter_sums(u: __m256i) -> [i32; 4] {
     out.map(|v| v as i32)
 }
 
-/// One row's sub-blocks: row `r` of `u`, from unsigned quants `qu` (32 per block) minus
-/// `off`, with per-block scales from `scale(block)` → (d, m).
+/// Where one weight row's unpacked form goes (its slices of an [`Unpacked`]): signed quants,
+/// and per sub-block the scale, the min coefficient and the starting sum `-128·Σq`.
 struct RowOut<'a> {
     q: &'a mut [i8],
     d: &'a mut [f32],
@@ -189,8 +189,19 @@ pub fn gemm_tile(
         ty,
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K
     );
+    let groups = acts.n_tokens.div_ceil(TOKENS);
+    // What `tile`'s unchecked reads rely on.
+    assert!(
+        acts.q.len() >= groups * acts.nb * 8 * TOKENS
+            && acts.d.len() >= groups * acts.nb * TOKENS
+            && acts.s.len() >= groups * acts.nb * TOKENS
+            && scratch.q.len() >= ROWS * cols
+            && scratch.corr.len() >= ROWS * nsub
+            && nsub * l == cols,
+        "gemm_tile: packed activations or scratch do not match"
+    );
     let mut sums = [[0f32; TOKENS]; ROWS];
-    for g in 0..acts.n_tokens.div_ceil(TOKENS) {
+    for g in 0..groups {
         let acc = match (l, has_min) {
             (16, _) => tile::<16, false>(scratch, acts, g),
             (_, false) => tile::<32, false>(scratch, acts, g),
