@@ -1,6 +1,7 @@
 //! Token generation: greedy and sampled decoding with a streaming callback.
 
 use anyhow::Result;
+use marco_quantize::rng::SplitMix64;
 
 use crate::model::{Logits, Qwen2Model};
 
@@ -46,26 +47,6 @@ impl SamplingParams {
     }
 }
 
-/// SplitMix64: a tiny, well-known PRNG, enough for reproducible sampling with a seed
-/// (a whole `rand` dependency tree would buy us nothing here).
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
 /// Picks tokens from logits; keeps its scratch space between calls.
 #[derive(Clone, Debug)]
 pub struct Sampler {
@@ -76,7 +57,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
-        let rng = SplitMix64(params.seed);
+        let rng = SplitMix64::new(params.seed);
         Sampler {
             params,
             rng,

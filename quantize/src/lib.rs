@@ -14,6 +14,7 @@ pub mod dequant;
 pub mod dot;
 pub mod gguf;
 pub mod quants;
+pub mod rng;
 pub mod synth;
 pub mod types;
 

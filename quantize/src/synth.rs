@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::gguf::{GgufFile, GgufWriter, TensorDecl, Value};
 use crate::quants::quantize_row;
+use crate::rng::SplitMix64;
 use crate::types::GgmlType;
 
 /// Metadata key of a shape file's tensor list.
@@ -124,9 +125,13 @@ fn random_tensor(d: &TensorDecl, seed: u64) -> Vec<u8> {
                 for (i, dst) in chunk.chunks_mut(row_bytes).enumerate() {
                     // Seeded per row, so the file does not depend on the number of cores.
                     let r = (c * rows_per_chunk + i) as u64;
-                    let mut rng = SplitMix64(seed ^ r.wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    let mut rng = SplitMix64::new(seed ^ r.wrapping_mul(0xD1B5_4A32_D192_ED03));
                     for x in row.iter_mut() {
-                        *x = if is_norm { 1.0 } else { rng.uniform() * 0.05 };
+                        *x = if is_norm {
+                            1.0
+                        } else {
+                            (2.0 * rng.next_f32() - 1.0) * 0.05
+                        };
                     }
                     quantize_row(d.ty, &row, dst);
                 }
@@ -134,24 +139,6 @@ fn random_tensor(d: &TensorDecl, seed: u64) -> Vec<u8> {
         }
     });
     data
-}
-
-/// Small, fast, reproducible generator (the weights need no statistical quality).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
 }
 
 #[cfg(test)]

@@ -5,18 +5,18 @@ use marco_quantize::blocks::*;
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, vec_dot_f32, vec_dot_q8, ActKind};
 use marco_quantize::quants::{quantize_row, quantize_row_weighted};
+use marco_quantize::rng::SplitMix64;
 use marco_quantize::GgmlType;
 
-/// Small deterministic PRNG (splitmix64): no dev-dependencies needed.
-struct Rng(u64);
+/// Small deterministic PRNG (the crate's splitmix64): no dev-dependencies needed.
+struct Rng(SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(SplitMix64::new(seed))
+    }
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn byte(&mut self) -> u8 {
         self.next_u64() as u8
@@ -475,7 +475,7 @@ fn loop_order_reference(ty: GgmlType, row: &[u8]) -> Vec<f32> {
 
 #[test]
 fn kquant_dequant_matches_ggml_loop_order_bitwise() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for ty in [
         GgmlType::Q2_K,
         GgmlType::Q3_K,
@@ -539,7 +539,7 @@ fn exact_dot(w: &[f32], x: &[f32]) -> (f64, f64) {
 
 #[test]
 fn vec_dot_q8_matches_dequantized_dot() {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     const N: usize = 1024;
     for ty in QUANT_TYPES
         .into_iter()
@@ -566,7 +566,7 @@ fn vec_dot_q8_matches_dequantized_dot() {
 
 #[test]
 fn vec_dot_f32_matches_dequantized_dot() {
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     const N: usize = 512;
     for ty in QUANT_TYPES
         .into_iter()
@@ -590,7 +590,7 @@ fn short_inputs_do_not_panic_in_release() {
     if cfg!(debug_assertions) {
         return;
     }
-    let mut rng = Rng(9);
+    let mut rng = Rng::new(9);
     for ty in QUANT_TYPES {
         let row = random_row(ty, 256, &mut rng);
         let mut y = vec![0.0; 512];
@@ -685,7 +685,7 @@ fn importance_lowers_weighted_error() {
     // Rows of noisy data where a few columns matter much more than the rest: the weighted
     // quantizers must not do worse on the importance-weighted error than the plain ones.
     const N: usize = 1024;
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let qw: Vec<f32> = (0..N)
         .map(|i| if i % 7 == 0 { 50.0 } else { 0.1 })
         .collect();
@@ -749,7 +749,7 @@ fn quantize_edge_cases_are_finite() {
 
 #[test]
 fn q8_0_requantization_is_idempotent() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let x: Vec<f32> = (0..4096).map(|_| rng.uniform(-3.0, 3.0)).collect();
     let q1 = quantize(GgmlType::Q8_0, &x, None);
     let y = dequant(GgmlType::Q8_0, &q1, x.len());
