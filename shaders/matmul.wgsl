@@ -18,6 +18,8 @@ struct Params {
     n_tokens: u32,
     row_words: u32,
     has_bias: u32,
+    // Add to Y instead of overwriting it (residual connections).
+    accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,7 +82,11 @@ fn store(t: u32, r: u32, v: f32) {
     if p.has_bias != 0u {
         y += B[row];
     }
-    Y[t * p.rows + row] = y;
+    let i = t * p.rows + row;
+    if p.accumulate != 0u {
+        y += Y[i];
+    }
+    Y[i] = y;
 }
 
 // Rows are spread over the x and y of the dispatch (one dimension is capped at 65535 groups).

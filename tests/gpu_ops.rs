@@ -241,6 +241,7 @@ fn run_matmul(
         weight: w,
         bias: b,
         out,
+        accumulate: false,
     };
     be.matmul(x, n, &[job]).unwrap();
     read(be, out, n * rows)
@@ -393,6 +394,7 @@ fn matmul_of_several_jobs_sharing_the_input() {
                     weight: be.load_weight(&m, n).unwrap(),
                     bias: None,
                     out: be.alloc(4 * rows).unwrap(),
+                    accumulate: false,
                 }
             })
             .collect();
@@ -406,6 +408,42 @@ fn matmul_of_several_jobs_sharing_the_input() {
     let got = run(&mut gpu());
     for ((g, c), n) in got.iter().zip(&cpu).zip(names) {
         assert_close(n, g, c, MATMUL_CPU_NMSE);
+    }
+}
+
+/// A residual job (`accumulate`) adds its product to what the output holds: run once
+/// overwriting, then once adding, and the output is twice the product, on both backends, for
+/// one token (the decode kernels) and for 20 (the prompt kernels).
+#[test]
+fn matmul_accumulates_into_its_output() {
+    let m = model();
+    let inputs = synth_file("acc", &[table("x", 896, 20, 13)]);
+    let name = "blk.2.attn_output.weight";
+    let rows = m.tensor_info(name).unwrap().n_rows() as usize;
+    for n in [1, 20] {
+        let run = |be: &mut dyn Backend| -> (Vec<f32>, Vec<f32>) {
+            let x = input(be, &inputs, "x", n);
+            let weight = be.load_weight(&m, name).unwrap();
+            let out = be.alloc(n * rows).unwrap();
+            let mut job = MatJob {
+                weight,
+                bias: None,
+                out,
+                accumulate: false,
+            };
+            be.matmul(x, n, &[job]).unwrap();
+            let once = read(be, out, n * rows);
+            job.accumulate = true;
+            be.matmul(x, n, &[job]).unwrap();
+            (once, read(be, out, n * rows))
+        };
+        for (label, (once, twice)) in [
+            ("cpu", run(&mut CpuBackend::new(0))),
+            ("gpu", run(&mut gpu())),
+        ] {
+            let doubled: Vec<f32> = once.iter().map(|v| 2.0 * v).collect();
+            assert_close(&format!("{label} {n} tokens"), &twice, &doubled, 1e-12);
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct MatJob {
     pub weight: WeightId,
     pub bias: Option<WeightId>,
     pub out: BufId,
+    /// Add the product to what `out` holds (a residual connection: one pass over the output
+    /// instead of a product and a separate add) rather than overwrite it.
+    pub accumulate: bool,
 }
 
 /// Shapes the attention op needs.

@@ -40,7 +40,6 @@ struct Buffers {
     k: BufId,
     v: BufId,
     attn: BufId,
-    proj: BufId,
     gate: BufId,
     up: BufId,
     act: BufId,
@@ -125,10 +124,11 @@ impl Qwen2Model {
             l.q.out = b.q;
             l.k.out = b.k;
             l.v.out = b.v;
-            l.o.out = b.proj;
+            // The projections add into the residual stream directly.
+            (l.o.out, l.o.accumulate) = (b.x, true);
             l.gate.out = b.gate;
             l.up.out = b.up;
-            l.down.out = b.proj;
+            (l.down.out, l.down.accumulate) = (b.x, true);
         }
         self.output.out = b.logits;
     }
@@ -230,12 +230,10 @@ impl Qwen2Model {
             be.rope(b.k, n, c.n_head_kv, c.head_dim, pos, c.rope_freq_base)?;
             be.attention(l, b.q, b.k, b.v, b.attn, n, pos, shape)?;
             be.matmul(b.attn, n, &[lw.o])?;
-            be.add(b.x, b.proj, n * c.n_embd)?;
             be.rms_norm(b.x, lw.ffn_norm, c.rms_eps, n, c.n_embd, b.h)?;
             be.matmul(b.h, n, &[lw.gate, lw.up])?;
             be.swiglu(b.gate, b.up, n * c.n_ff, b.act)?;
             be.matmul(b.act, n, &[lw.down])?;
-            be.add(b.x, b.proj, n * c.n_embd)?;
         }
         self.n_past += n;
         Ok(())
@@ -256,6 +254,7 @@ fn job(weight: WeightId, bias: Option<WeightId>) -> MatJob {
         weight,
         bias,
         out: BufId(usize::MAX),
+        accumulate: false,
     }
 }
 
@@ -269,7 +268,6 @@ fn alloc_buffers(be: &mut dyn Backend, c: &Qwen2Config) -> Result<Buffers> {
         k: a(c.kv_dim())?,
         v: a(c.kv_dim())?,
         attn: a(q_dim)?,
-        proj: a(c.n_embd)?,
         gate: a(c.n_ff)?,
         up: a(c.n_ff)?,
         act: a(c.n_ff)?,

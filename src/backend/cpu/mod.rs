@@ -508,6 +508,21 @@ impl RowPlan {
     }
 }
 
+/// Writes one output value, or adds it for a residual job (`MatJob::accumulate`).
+///
+/// # Safety
+/// The caller's task owns element `idx` of `out`.
+#[inline(always)]
+unsafe fn emit(out: SharedMut<f32>, idx: usize, v: f32, accumulate: bool) {
+    // SAFETY: the caller owns the element.
+    let o = unsafe { &mut out.slice(idx, 1)[0] };
+    if accumulate {
+        *o += v;
+    } else {
+        *o = v;
+    }
+}
+
 /// Fewest tokens for which the prompt GEMM beats the row-dot tiles.
 const GEMM_MIN_TOKENS: usize = 16;
 
@@ -535,6 +550,7 @@ impl MatCtx<'_> {
         w: &CpuWeight,
         bias: Option<&[f32]>,
         out: SharedMut<f32>,
+        acc: bool,
         r0: usize,
         r1: usize,
     ) {
@@ -555,7 +571,7 @@ impl MatCtx<'_> {
                             for (t, &d) in sums[..nt].iter().enumerate() {
                                 // SAFETY: each task owns rows r0..r1 of this output; row
                                 // r of token t is at t*rows+r.
-                                unsafe { out.slice((t0 + t) * w.rows + r + i, 1)[0] = d + b };
+                                unsafe { emit(out, (t0 + t) * w.rows + r + i, d + b, acc) };
                             }
                         }
                     });
@@ -571,9 +587,10 @@ impl MatCtx<'_> {
             .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
         let out = self.outs[job];
         let nb = w.cols / QK32;
+        let acc = j.accumulate;
         let q8 = activation_kind(w.ty) == ActKind::Q8;
         if q8 && self.n_tokens >= GEMM_MIN_TOKENS && self.kernels.has_gemm(w.ty) {
-            self.gemm_rows(w, bias, out, r0, r1);
+            self.gemm_rows(w, bias, out, j.accumulate, r0, r1);
             return;
         }
         if let (Some(xq8k), true) = (self.xq8k, self.kernels.has_q8k_dot(w.ty)) {
@@ -581,7 +598,7 @@ impl MatCtx<'_> {
                 let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
                 let d = self.kernels.dot_q8k(w.ty, w.row(r), xq8k);
                 // SAFETY: each task owns rows r0..r1 of this output (one token).
-                unsafe { out.slice(r, 1)[0] = d + b };
+                unsafe { emit(out, r, d + b, j.accumulate) };
             }
             return;
         }
@@ -616,8 +633,8 @@ impl MatCtx<'_> {
                         for j in 0..nt {
                             // SAFETY: each task owns rows r0..r1 of this output; row r of
                             // token t is at t*rows+r.
-                            let o = unsafe { out.slice((t + j) * w.rows + r + i, 1) };
-                            o[0] = buf[j * TILE_ROWS + i] + b;
+                            let v = buf[j * TILE_ROWS + i] + b;
+                            unsafe { emit(out, (t + j) * w.rows + r + i, v, acc) };
                         }
                     }
                 }
@@ -628,7 +645,7 @@ impl MatCtx<'_> {
             let wrow = w.row(r);
             let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
             // SAFETY: each task owns rows r0..r1 of this output; row r of token t is at t*rows+r.
-            let put = |t: usize, d: f32| unsafe { out.slice(t * w.rows + r, 1)[0] = d + b };
+            let put = |t: usize, d: f32| unsafe { emit(out, t * w.rows + r, d + b, j.accumulate) };
             if q8 {
                 // Up to TOKEN_GROUP tokens per call: the weight row is unpacked once for all.
                 let mut t = 0;

@@ -287,6 +287,7 @@ impl GpuBackend {
                 n_tokens as u32,
                 l.row_words as u32,
                 bias.is_some() as u32,
+                job.accumulate as u32,
             ];
             let res = [c.buf, x, bias.unwrap_or(self.zeros), out];
             let groups = c.rows.div_ceil(per_group) as u32;
