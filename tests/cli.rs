@@ -285,6 +285,8 @@ fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = marco(&["synth", "--like", shape_arg, "-o", model_out]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let o = marco(&["synth", "--like", shape_arg, "-o", shape_arg]);
+    assert!(!o.status.success() && stderr(&o).contains("refusing to overwrite the input"));
 
     let real = marco::gguf::GgufFile::open(&default_model_path()).unwrap();
     let shape_file = marco::gguf::GgufFile::open(&shape).unwrap();

@@ -9,10 +9,11 @@
 //! The shape file is itself a valid GGUF with no tensors; the tensor list travels in the
 //! metadata key [`SHAPE_KEY`], one `name|type|d0,d1,...` string per tensor.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::convert::check_output;
 use crate::gguf::{GgufFile, GgufWriter, TensorDecl, Value};
 use crate::quants::quantize_row;
 use crate::rng::SplitMix64;
@@ -79,6 +80,7 @@ fn model_metadata(like: &GgufFile) -> Vec<(String, Value)> {
 
 /// Write `out`: `like`'s metadata and tensor list, no tensor data.
 pub fn write_shape(like: &GgufFile, out: &Path) -> Result<()> {
+    check_output(out, &[PathBuf::from(like.path_display())])?;
     let decls = tensor_decls(like)?;
     let mut meta = model_metadata(like);
     meta.push((
@@ -97,6 +99,7 @@ pub fn synthesize(
     seed: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    check_output(out, &[PathBuf::from(like.path_display())])?;
     let decls = tensor_decls(like)?;
     let mut writer =
         GgufWriter::create(out, model_metadata(like), decls.clone(), like.alignment())?;

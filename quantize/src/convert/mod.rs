@@ -150,7 +150,7 @@ fn check_input_file(input: &Path) -> Result<()> {
 
 /// The output must not be one of the input files (both paths canonicalized), and its
 /// directory must exist.
-fn check_output(output: &Path, inputs: &[PathBuf]) -> Result<()> {
+pub fn check_output(output: &Path, inputs: &[PathBuf]) -> Result<()> {
     if output.is_dir() {
         bail!(
             "{}: is a directory; give the output file's name",
