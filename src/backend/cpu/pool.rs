@@ -8,7 +8,9 @@
 //! - the caller waits for *tasks* to complete, not for workers to check in;
 //! - the counter carries the job's generation, so a late worker can never claim a task of a newer
 //!   job with an older job's closure;
-//! - idle workers spin only briefly, then sleep on a condition variable.
+//! - idle workers spin only briefly, then sleep on a condition variable;
+//! - when the caller keeps waiting on workers that hold a task but have lost their core (a
+//!   busy neighbour), the pool runs alone for a while, then tries its workers again.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -46,7 +48,26 @@ pub struct ThreadPool {
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
     generation: std::cell::Cell<u32>,
+    stalls: std::cell::Cell<StallWindow>,
 }
+
+/// Time the caller spent waiting for other threads' tasks, over a window of jobs.
+#[derive(Clone, Copy, Default)]
+struct StallWindow {
+    jobs: u32,
+    waited: Duration,
+    total: Duration,
+    /// Jobs left to run on the caller's thread alone.
+    solo_left: u32,
+}
+
+/// Jobs per measurement window.
+const WINDOW_JOBS: u32 = 256;
+/// Waiting for more than this share of a window's time means the workers keep losing their
+/// cores: on a quiet machine the caller waits at most for one task at the end of a job.
+const STALL_SHARE: f64 = 0.25;
+/// Jobs then run alone (about 30 decoded tokens of a small model) before trying again.
+const SOLO_JOBS: u32 = 4096;
 
 /// How long an idle worker polls before it sleeps: long enough to bridge the gap between two
 /// consecutive ops of one token, short enough not to take a busy neighbour's core for long.
@@ -80,6 +101,7 @@ impl ThreadPool {
             workers,
             n_threads,
             generation: std::cell::Cell::new(0),
+            stalls: std::cell::Cell::new(StallWindow::default()),
         }
     }
 
@@ -92,10 +114,14 @@ impl ThreadPool {
         if n_tasks == 0 {
             return;
         }
-        if self.n_threads == 1 || n_tasks == 1 {
+        let mut stalls = self.stalls.get();
+        if self.n_threads == 1 || n_tasks == 1 || stalls.solo_left > 0 {
+            stalls.solo_left = stalls.solo_left.saturating_sub(1);
+            self.stalls.set(stalls);
             (0..n_tasks).for_each(|t| f(t, 0));
             return;
         }
+        let started = Instant::now();
         let generation = self.generation.get().wrapping_add(1);
         self.generation.set(generation);
         // SAFETY: the lifetime is erased; a worker only calls the closure for a task it claimed
@@ -112,11 +138,29 @@ impl ThreadPool {
         }
         s.wake.notify_all();
         run_tasks(s, generation, n_tasks, f, 0);
+        let own_done = Instant::now();
         while s.done.load(Ordering::Acquire) < n_tasks {
             // A worker holds the last tasks; give it the core if it needs it.
             std::thread::yield_now();
         }
         s.slot.lock().unwrap().job = None;
+        self.note_stall(own_done.elapsed(), started.elapsed());
+    }
+
+    /// Adds one job's wait to the window; a window that waited too much switches to solo.
+    fn note_stall(&self, waited: Duration, total: Duration) {
+        let mut w = self.stalls.get();
+        w.jobs += 1;
+        w.waited += waited;
+        w.total += total;
+        if w.jobs >= WINDOW_JOBS {
+            let share = w.waited.as_secs_f64() / w.total.as_secs_f64().max(1e-9);
+            w = StallWindow {
+                solo_left: if share > STALL_SHARE { SOLO_JOBS } else { 0 },
+                ..StallWindow::default()
+            };
+        }
+        self.stalls.set(w);
     }
 }
 
@@ -219,6 +263,30 @@ mod tests {
             });
             assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
         }
+    }
+
+    /// A window in which the caller mostly waited on workers switches the pool to running
+    /// jobs on the caller's thread alone, for `SOLO_JOBS` jobs.
+    #[test]
+    fn long_waits_switch_to_solo_and_back() {
+        let pool = ThreadPool::new(2);
+        for _ in 0..WINDOW_JOBS {
+            pool.note_stall(Duration::from_millis(3), Duration::from_millis(4));
+        }
+        assert_eq!(pool.stalls.get().solo_left, SOLO_JOBS);
+        let on_worker = AtomicUsize::new(0);
+        for _ in 0..SOLO_JOBS {
+            pool.run(64, &|_, w| {
+                on_worker.fetch_add(usize::from(w != 0), Ordering::Relaxed);
+            });
+        }
+        assert_eq!(on_worker.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.stalls.get().solo_left, 0);
+        // Short waits keep the workers.
+        for _ in 0..WINDOW_JOBS {
+            pool.note_stall(Duration::from_micros(1), Duration::from_micros(100));
+        }
+        assert_eq!(pool.stalls.get().solo_left, 0);
     }
 
     #[test]
