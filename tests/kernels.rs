@@ -4,7 +4,7 @@
 //! The integer parts of every kernel are exact, so results may differ from the reference only
 //! by f32 summation order: the check is `|got - want| ≤ 1e-5 · Σ|wᵢ·xᵢ|`.
 
-use marco::backend::cpu::kernels::{dot_f32, Isa, Kernels};
+use marco::backend::cpu::kernels::{Isa, Kernels};
 use marco_quantize::act::{dequantize_activations, quantize_activations, BlockQ8x32};
 use marco_quantize::blocks::LeF16;
 use marco_quantize::dequant::dequantize_row;
@@ -228,31 +228,6 @@ fn dot_f32_matches_reference() {
                 check_close(&format!("{} {ty} cols={cols}", k.name()), got, want, terms);
             }
         }
-    }
-}
-
-#[test]
-fn plain_dot_matches_reference() {
-    let mut rng = Rng(7);
-    for n in (0..=140).chain([896, 4864, 4867]) {
-        let a: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-        let b: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
-        let want: f64 = a.iter().zip(&b).map(|(&p, &q)| p as f64 * q as f64).sum();
-        let terms: f64 = a.iter().zip(&b).map(|(&p, &q)| (p * q).abs() as f64).sum();
-        for k in kernel_sets() {
-            check_close(
-                &format!("{} n={n}", k.name()),
-                k.dot_plain(&a, &b),
-                want as f32,
-                terms,
-            );
-        }
-        check_close(
-            &format!("dot_f32 n={n}"),
-            dot_f32(&a, &b),
-            want as f32,
-            terms,
-        );
     }
 }
 

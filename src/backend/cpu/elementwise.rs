@@ -57,6 +57,11 @@ pub unsafe fn swiglu_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
     swiglu_body(gate, up, out)
 }
 
+/// The baseline build of [`quantize_activations`].
+pub fn quantize_portable(x: &[f32], out: &mut [BlockQ8x32]) {
+    quantize_activations(x, out)
+}
+
 /// [`quantize_activations`] compiled for AVX-512 (same results: `round` is exact either way).
 ///
 /// # Safety

@@ -3,6 +3,9 @@
 //! whose module docs explain the layout; these types are plain data, so the backend holds them
 //! on every architecture.
 
+// Only the AVX-512 kernel reads the unpacked rows; elsewhere the backend never takes this path.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::GgmlType;
 

@@ -421,22 +421,7 @@ impl Kernels {
             Isa::Avx512Vnni => unsafe { e::quantize_avx512(x, out) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { e::quantize_avx2(x, out) },
-            _ => marco_quantize::act::quantize_activations(x, out),
-        }
-    }
-
-    /// Plain f32 dot product over the common length of `a` and `b`.
-    #[inline]
-    pub fn dot_plain(&self, a: &[f32], b: &[f32]) -> f32 {
-        match self.isa {
-            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { simd::avx2::dot_plain(a, b) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { simd::avx512::dot_plain(a, b) },
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => unsafe { simd::neon::dot_plain(a, b) },
-            _ => dot_plain_scalar(a, b),
+            _ => e::quantize_portable(x, out),
         }
     }
 }
@@ -444,25 +429,4 @@ impl Kernels {
 /// Activation blocks per row implied by a weight row of `bytes` bytes of type `ty`.
 fn row_activation_blocks(ty: GgmlType, bytes: usize) -> usize {
     bytes / ty.type_size() * ty.block_size() / QK32
-}
-
-/// Plain f32 dot product (attention scores) with the best kernels of this CPU.
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    Kernels::detect().dot_plain(a, b)
-}
-
-/// The portable version, written so the compiler vectorizes it for the baseline target.
-fn dot_plain_scalar(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a8, a_tail) = a[..n].as_chunks::<8>();
-    let (b8, b_tail) = b[..n].as_chunks::<8>();
-    let mut acc = [0.0f32; 8];
-    for (ca, cb) in a8.iter().zip(b8) {
-        for l in 0..8 {
-            acc[l] += ca[l] * cb[l];
-        }
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(p, q)| p * q).sum();
-    acc.iter().sum::<f32>() + tail
 }

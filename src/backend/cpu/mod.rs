@@ -64,10 +64,8 @@ pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Vec<f32>>,
     act_q8: Vec<BlockQ8x32>,
-    /// One token's activations as `Q8_K` bytes, for the K-quant kernels, and whether they
-    /// are current.
+    /// One token's activations as `Q8_K` bytes, for the K-quant kernels.
     act_q8k: Vec<u8>,
-    act_q8k_ready: bool,
     /// `act_q8` transposed for the prompt GEMM (when the kernels have one).
     packed: PackedActs,
     kv: Option<KvCache>,
@@ -96,7 +94,6 @@ impl CpuBackend {
             act_q8: Vec::new(),
             packed: PackedActs::default(),
             act_q8k: Vec::new(),
-            act_q8k_ready: false,
             kv: None,
             scratch: Vec::new(),
         }
@@ -251,7 +248,7 @@ impl Backend for CpuBackend {
         // One token of K-quant products goes against Q8_K activations (see `simd::q8k`).
         let q8k_dot =
             |ty| n_tokens == 1 && cols.is_multiple_of(QK_K) && self.kernels.has_q8k_dot(ty);
-        self.act_q8k_ready = jobs.iter().any(|j| q8k_dot(self.weight(j.weight).ty));
+        let q8k_ready = jobs.iter().any(|j| q8k_dot(self.weight(j.weight).ty));
         let needs_q8 = jobs.iter().any(|j| {
             let ty = self.weight(j.weight).ty;
             activation_kind(ty) == ActKind::Q8 && !q8k_dot(ty)
@@ -276,7 +273,7 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
-        if self.act_q8k_ready {
+        if q8k_ready {
             // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.
             let bytes = GgmlType::Q8_K.row_bytes(cols as u64).unwrap_or(0) as usize;
             self.act_q8k.resize(bytes, 0);
@@ -298,7 +295,7 @@ impl Backend for CpuBackend {
             outs: &outs,
             x: &xs[..n_tokens * cols],
             xq: &self.act_q8,
-            xq8k: if self.act_q8k_ready {
+            xq8k: if q8k_ready {
                 as_blocks::<BlockQ8K>(&self.act_q8k)
             } else {
                 None
@@ -590,7 +587,7 @@ impl MatCtx<'_> {
         let acc = j.accumulate;
         let q8 = activation_kind(w.ty) == ActKind::Q8;
         if q8 && self.n_tokens >= GEMM_MIN_TOKENS && self.kernels.has_gemm(w.ty) {
-            self.gemm_rows(w, bias, out, j.accumulate, r0, r1);
+            self.gemm_rows(w, bias, out, acc, r0, r1);
             return;
         }
         if let (Some(xq8k), true) = (self.xq8k, self.kernels.has_q8k_dot(w.ty)) {
@@ -598,7 +595,7 @@ impl MatCtx<'_> {
                 let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
                 let d = self.kernels.dot_q8k(w.ty, w.row(r), xq8k);
                 // SAFETY: each task owns rows r0..r1 of this output (one token).
-                unsafe { emit(out, r, d + b, j.accumulate) };
+                unsafe { emit(out, r, d + b, acc) };
             }
             return;
         }
@@ -645,7 +642,7 @@ impl MatCtx<'_> {
             let wrow = w.row(r);
             let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
             // SAFETY: each task owns rows r0..r1 of this output; row r of token t is at t*rows+r.
-            let put = |t: usize, d: f32| unsafe { emit(out, t * w.rows + r, d + b, j.accumulate) };
+            let put = |t: usize, d: f32| unsafe { emit(out, t * w.rows + r, d + b, acc) };
             if q8 {
                 // Up to TOKEN_GROUP tokens per call: the weight row is unpacked once for all.
                 let mut t = 0;

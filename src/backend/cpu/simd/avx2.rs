@@ -100,29 +100,6 @@ pub fn dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
-/// Plain f32 dot product over the common length of `a` and `b`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (a32, a_rest) = a.as_chunks::<32>();
-    let (b32, b_rest) = b.as_chunks::<32>();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (ca, cb) in a32.iter().zip(b32) {
-        let (ca, cb) = (ca.as_chunks::<8>().0, cb.as_chunks::<8>().0);
-        for i in 0..4 {
-            acc[i] = _mm256_fmadd_ps(load_ps(&ca[i]), load_ps(&cb[i]), acc[i]);
-        }
-    }
-    let (a8, a_tail) = a_rest.as_chunks::<8>();
-    let (b8, b_tail) = b_rest.as_chunks::<8>();
-    for (ca, cb) in a8.iter().zip(b8) {
-        acc[0] = _mm256_fmadd_ps(load_ps(ca), load_ps(cb), acc[0]);
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(p, q)| p * q).sum();
-    hsum4(acc) + tail
-}
-
 // ---- helpers shared with the AVX-512 module (which implies these features) ----
 
 /// f16 → f32 of one scale (F16C; exact).

@@ -75,22 +75,6 @@ pub fn dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
-/// Plain f32 dot product over the common length of `a` and `b`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a64, a_rest) = a[..n].as_chunks::<64>();
-    let (b64, b_rest) = b[..n].as_chunks::<64>();
-    let mut acc = [_mm512_setzero_ps(); 4];
-    for (ca, cb) in a64.iter().zip(b64) {
-        let (ca, cb) = (ca.as_chunks::<16>().0, cb.as_chunks::<16>().0);
-        for (i, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(load_ps16(&ca[i]), load_ps16(&cb[i]), *acc);
-        }
-    }
-    hsum4(acc) + avx2::dot_plain(a_rest, b_rest)
-}
-
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn load_ps16(p: &[f32; 16]) -> __m512 {

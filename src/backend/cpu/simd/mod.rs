@@ -1,6 +1,6 @@
 //! Hand-written SIMD dot products, one module per instruction set.
 //!
-//! Every module exposes the entry points `dot_q8`, `dot_f32` and `dot_plain` (the x86 ones
+//! Every module exposes the entry points `dot_q8` and `dot_f32` (the x86 ones
 //! also `dot_q8_multi`) as `#[target_feature]` functions; `super::kernels` calls them only
 //! after the CPU was seen to support that set. Weight types a module has no kernel for go to
 //! the scalar reference of `marco_quantize::dot`.

@@ -85,25 +85,6 @@ pub fn dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     }
 }
 
-/// Plain f32 dot product over the common length of `a` and `b`.
-#[target_feature(enable = "neon,dotprod")]
-pub fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a4, a_tail) = a[..n].as_chunks::<4>();
-    let (b4, b_tail) = b[..n].as_chunks::<4>();
-    let mut acc = [vdupq_n_f32(0.0); 4];
-    for (i, (ca, cb)) in a4.iter().zip(b4).enumerate() {
-        // SAFETY: each chunk is 4 readable floats.
-        let (va, vb) = unsafe { (vld1q_f32(ca.as_ptr()), vld1q_f32(cb.as_ptr())) };
-        acc[i % 4] = vfmaq_f32(acc[i % 4], va, vb);
-    }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(p, q)| p * q).sum();
-    vaddvq_f32(vaddq_f32(
-        vaddq_f32(acc[0], acc[1]),
-        vaddq_f32(acc[2], acc[3]),
-    )) + tail
-}
-
 /// Sum of `f(weight block, activations)` over a row, in row order like the reference.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
