@@ -28,16 +28,3 @@ fn swiglu(
         Y[i] = g / (1.0 + exp(-g)) * B[i];
     }
 }
-
-// Y += A (the residual add; Y is both read and written, B is unused).
-@compute @workgroup_size(256)
-fn add(
-    @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let i = index(lid, wid, nwg);
-    if i < p.len {
-        Y[i] += A[i];
-    }
-}

@@ -127,9 +127,6 @@ pub trait Backend: Send {
     /// `out = silu(gate) * up`, elementwise over `len`.
     fn swiglu(&mut self, gate: BufId, up: BufId, len: usize, out: BufId) -> Result<()>;
 
-    /// `x += y`, elementwise over `len`.
-    fn add(&mut self, x: BufId, y: BufId, len: usize) -> Result<()>;
-
     /// Reads `dst.len()` floats from `buf[offset..]`.
     fn read(&mut self, buf: BufId, offset: usize, dst: &mut [f32]) -> Result<()>;
 

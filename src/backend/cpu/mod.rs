@@ -10,7 +10,7 @@ mod simd;
 
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::blocks::{as_blocks, BlockQ8K};
 use marco_quantize::dequant::dequantize_row;
@@ -425,18 +425,6 @@ impl Backend for CpuBackend {
         self.bufs[gate.0] = g;
         self.bufs[up.0] = u;
         res
-    }
-
-    fn add(&mut self, x: BufId, y: BufId, len: usize) -> Result<()> {
-        if x == y {
-            bail!("internal: add of a buffer to itself");
-        }
-        let ys = std::mem::take(&mut self.bufs[y.0]);
-        for (a, &b) in self.bufs[x.0][..len].iter_mut().zip(&ys[..len]) {
-            *a += b;
-        }
-        self.bufs[y.0] = ys;
-        Ok(())
     }
 
     fn read(&mut self, buf: BufId, offset: usize, dst: &mut [f32]) -> Result<()> {

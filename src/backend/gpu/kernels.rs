@@ -49,8 +49,6 @@ pub enum Kernel {
     Attention,
     /// Bindings: gate, up, out.
     Swiglu,
-    /// Bindings: y, x (x += y).
-    Add,
     /// Bindings: x, partials.
     ArgmaxPartial,
     /// Bindings: partials, result.
@@ -68,7 +66,6 @@ impl Kernel {
                 &[(1, Read), (2, Read), (3, ReadWrite)]
             }
             Kernel::Rope => &[(1, Read), (2, ReadWrite)],
-            Kernel::Add => &[(1, Read), (3, ReadWrite)],
             Kernel::ArgmaxPartial => &[(1, Read), (2, ReadWrite)],
             Kernel::ArgmaxFinal => &[(2, ReadWrite), (3, ReadWrite)],
         }
@@ -84,7 +81,6 @@ impl Kernel {
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
             Kernel::Swiglu => "swiglu",
-            Kernel::Add => "add",
             Kernel::ArgmaxPartial => "partial",
             Kernel::ArgmaxFinal => "final_pass",
         }
@@ -100,7 +96,7 @@ impl Kernel {
             Kernel::RmsNorm => NORM.to_string(),
             Kernel::Rope => ROPE.to_string(),
             Kernel::Attention => ATTENTION.to_string(),
-            Kernel::Swiglu | Kernel::Add => ELEMENTWISE.to_string(),
+            Kernel::Swiglu => ELEMENTWISE.to_string(),
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal => ARGMAX.to_string(),
         }
     }

@@ -554,12 +554,6 @@ impl Backend for GpuBackend {
         self.elementwise(Kernel::Swiglu, &res, len)
     }
 
-    fn add(&mut self, x: BufId, y: BufId, len: usize) -> Result<()> {
-        ensure!(x != y, "internal: add of a buffer to itself");
-        let res = [self.act(y, len)?, self.act(x, len)?];
-        self.elementwise(Kernel::Add, &res, len)
-    }
-
     fn read(&mut self, buf: BufId, offset: usize, dst: &mut [f32]) -> Result<()> {
         let b = self.act(buf, offset + dst.len())?;
         self.rec
