@@ -257,17 +257,23 @@ fn dot_q4_k(b: &BlockQ4K, x: &[BlockQ8x32; 8]) -> f32 {
     acc
 }
 
+/// The 5-bit quants of sub-block `g` (0..8) of a `Q5_K` block: nibbles plus the fifth bit
+/// of weight 32g + l, which is bit g of qh[l].
+#[inline]
+fn q5k_group(b: &BlockQ5K, g: usize) -> [i32; 32] {
+    let mut q = nibble_group(&b.qs, g);
+    for (l, v) in q.iter_mut().enumerate() {
+        *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
+    }
+    q
+}
+
 fn dot_q5_k(b: &BlockQ5K, x: &[BlockQ8x32; 8]) -> f32 {
     let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
     let mut acc = 0.0f32;
     for (g, xb) in x.iter().enumerate() {
         let (sc, m) = get_scale_min_k4(g, &b.scales);
-        let mut q = nibble_group(&b.qs, g);
-        // The fifth bit of weight 32g + l is bit g of qh[l].
-        for (l, v) in q.iter_mut().enumerate() {
-            *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
-        }
-        let isum = idot(&q, &xb.qs);
+        let isum = idot(&q5k_group(b, g), &xb.qs);
         acc += xb.d * (d * (sc as i32 * isum) as f32 - dmin * (m as i32 * xb.sum) as f32);
     }
     acc
@@ -323,14 +329,7 @@ pub fn vec_dot_q8k(ty: GgmlType, w_row: &[u8], x: &[BlockQ8K]) -> Option<f32> {
         }
         GgmlType::Q5_K => {
             for (b, xb) in rows::<BlockQ5K>(w_row, x) {
-                let q = std::array::from_fn(|g| {
-                    let mut q = nibble_group(&b.qs, g);
-                    // The fifth bit of weight 32g + l is bit g of qh[l].
-                    for (l, v) in q.iter_mut().enumerate() {
-                        *v |= (((b.qh[l] >> g) & 1) as i32) << 4;
-                    }
-                    q
-                });
+                let q = std::array::from_fn(|g| q5k_group(b, g));
                 acc += k4_super_q8k(b.d.to_f32(), b.dmin.to_f32(), &b.scales, &q, xb);
             }
         }
