@@ -167,6 +167,63 @@ fn dot_q8_matches_reference_on_quantized_rows() {
     }
 }
 
+/// The chunked decode rows (`marco_quantize::chunks`) on every path that repacks, against
+/// the reference on the original rows: random, quantized and extreme rows, every width the
+/// layout takes.
+#[test]
+fn dot_chunks_matches_reference() {
+    use marco_quantize::chunks::{pack_row, supports, ActChunks};
+    let mut rng = Rng(0xc4c4_0001_2345_6789);
+    let mut checked = 0;
+    for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        for cols in [128, 256, 384, 896, 1536, 4864, 8960] {
+            assert!(supports(ty, cols));
+            let src: Vec<f32> = (0..cols).map(|_| 0.1 * rng.unit()).collect();
+            let mut quantized = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize];
+            quantize_row(ty, &src, &mut quantized);
+            let mut extreme = random_row(&mut rng, ty, cols);
+            for block in extreme.chunks_exact_mut(ty.type_size()) {
+                block[2..].fill(0xFF);
+            }
+            for (label, w) in [
+                ("random", random_row(&mut rng, ty, cols)),
+                ("quantized", quantized),
+                ("extreme", extreme),
+            ] {
+                for xq in [None, Some(127i8), Some(-127)] {
+                    let mut x = random_acts(&mut rng, cols);
+                    if let Some(v) = xq {
+                        for b in x.iter_mut() {
+                            b.qs = [v; QK32];
+                            b.sum = 32 * v as i32;
+                        }
+                    }
+                    let want = vec_dot_q8(ty, &w, &x);
+                    let terms = abs_terms(ty, &w, &x);
+                    let mut packed = vec![0u8; w.len()];
+                    assert!(pack_row(ty, &w, &mut packed));
+                    let mut acts = ActChunks::default();
+                    acts.fill(&x);
+                    for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
+                        let got = k.dot_chunks(ty, &packed, &acts);
+                        let what = format!("{} {ty} {label} cols={cols} x={xq:?}", k.name());
+                        check_close(&what, got, want, terms);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    // On a CPU without a chunk path there is nothing to check (the backend then keeps the
+    // GGUF layout); this machine has one.
+    if kernel_sets()
+        .iter()
+        .any(|k| k.has_chunks(GgmlType::Q5_0, 896))
+    {
+        assert!(checked > 0);
+    }
+}
+
 /// Extreme quants against extreme activations: catches i16 saturation in the integer dots.
 #[test]
 fn dot_q8_extremes_do_not_saturate() {
@@ -441,6 +498,28 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
             black_box(&out);
         }
     });
+    if k.has_chunks(ty, cols) {
+        let mut packed = vec![0u8; w.len() / row_bytes * row_bytes];
+        for (src, dst) in w
+            .chunks_exact(row_bytes)
+            .zip(packed.chunks_exact_mut(row_bytes))
+        {
+            marco_quantize::chunks::pack_row(ty, src, dst);
+        }
+        let mut acts = marco_quantize::chunks::ActChunks::default();
+        acts.fill(x1);
+        let chunked = |n_rows: usize| {
+            for r in packed.chunks_exact(row_bytes).take(n_rows) {
+                black_box(k.dot_chunks(ty, black_box(r), &acts));
+            }
+        };
+        let l2c = best_gbs(row_bytes, l2_rows, reps, 5, || chunked(l2_rows));
+        let coldc = best_gbs(row_bytes, big_rows, 1, 2, || chunked(big_rows));
+        println!(
+            "  {} chunked: L2 {l2c:6.2}  512MB {coldc:6.2} GB/s",
+            k.name()
+        );
+    }
     if k.has_q8k_dot(ty) {
         let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
         let mut bytes = vec![0u8; GgmlType::Q8_K.row_bytes(cols as u64).unwrap() as usize];

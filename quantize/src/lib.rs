@@ -9,6 +9,7 @@
 
 pub mod act;
 pub mod blocks;
+pub mod chunks;
 pub mod convert;
 pub mod dequant;
 pub mod dot;

@@ -72,6 +72,14 @@ pub trait Backend: Send {
     /// Makes a tensor of `file` available to ops (zero-copy on CPU, uploaded on GPU).
     fn load_weight(&mut self, file: &Arc<GgufFile>, name: &str) -> Result<WeightId>;
 
+    /// Says that `w` (from [`load_weight`](Self::load_weight)) will be a matmul weight, so
+    /// the backend may re-lay it for its kernels once, now (the CPU decodes some types from
+    /// four-block chunks). Ops other than `matmul` may still read it.
+    fn prepare_matmul(&mut self, w: WeightId) -> Result<()> {
+        let _ = w;
+        Ok(())
+    }
+
     /// Allocates a zeroed activation buffer of `len` floats.
     fn alloc(&mut self, len: usize) -> Result<BufId>;
 

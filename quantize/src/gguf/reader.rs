@@ -118,6 +118,34 @@ impl GgufFile {
         Ok(self.data_for(info))
     }
 
+    /// Tells the OS that this process is done with the data of `info` (a caller that copied
+    /// it elsewhere): the mapped pages wholly inside it leave this process's resident memory
+    /// (they stay in the page cache, and a later read maps them back in). A no-op for
+    /// files held in memory, and a best effort: a refusal from the OS changes nothing else.
+    pub fn release_data(&self, info: &TensorInfo) {
+        let Backing::Mmap(map) = &self.backing else {
+            return;
+        };
+        let start = self.header.data_start + info.offset as usize;
+        let end = start + info.n_bytes as usize;
+        // The page size is not known here: the common ones in turn, until the OS accepts.
+        for page in [4096, 16384, 65536] {
+            let (first, last) = (start.next_multiple_of(page), end / page * page);
+            if last <= first {
+                return;
+            }
+            // SAFETY: DONTNEED on a read-only private file mapping drops our page-table
+            // entries; the bytes read back from the file are unchanged (nothing was written),
+            // so no reference into the map sees different data. The range is inside the map.
+            let advised = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+            };
+            if advised.is_ok() {
+                return;
+            }
+        }
+    }
+
     /// The data of `info`, which must come from this file's [`tensors`](Self::tensors).
     ///
     /// # Panics

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::blocks::BlockQ8K;
+use marco_quantize::chunks::{self, ActChunks};
 use marco_quantize::dot::{vec_dot_f32, vec_dot_q8, vec_dot_q8k};
 use marco_quantize::{GgmlType, QK32};
 
@@ -319,6 +320,31 @@ impl Kernels {
             }
         }
         vec_dot_q8k(ty, w, x).unwrap_or_else(|| panic!("dot_q8k: {ty} is not a K-quant"))
+    }
+
+    /// Whether this path decodes rows of `cols` weights of type `ty` from four-block chunks
+    /// (`marco_quantize::chunks`): then the backend repacks those weights once at load and
+    /// one-token products go through [`dot_chunks`](Self::dot_chunks).
+    pub fn has_chunks(&self, ty: GgmlType, cols: usize) -> bool {
+        self.isa == Isa::Avx512Vnni && chunks::supports(ty, cols)
+    }
+
+    /// Dot product of a chunked weight row (see [`has_chunks`](Self::has_chunks)) with one
+    /// token's activations in chunk order.
+    ///
+    /// # Panics
+    /// If this path has no chunk kernel for `ty`, or the row is longer than the activations.
+    #[inline]
+    pub fn dot_chunks(&self, ty: GgmlType, w: &[u8], x: &ActChunks) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: the Kernels invariant says this CPU has AVX-512 VNNI.
+            if let Some(d) = unsafe { simd::chunks512::dot_chunks(ty, w, x) } {
+                return d;
+            }
+        }
+        let _ = (w, x);
+        panic!("dot_chunks: no chunk kernel for {ty} on {}", self.name())
     }
 
     /// Whether [`gemm_tile`](Self::gemm_tile) handles weights of type `ty` on this path.

@@ -1,5 +1,6 @@
-//! The CPU backend: weights stay quantized in the memory-mapped GGUF; activations are quantized
-//! to 8-bit blocks so the inner loops are integer dot products.
+//! The CPU backend: weights stay quantized in the memory-mapped GGUF (or, for the types its
+//! kernels decode from four-block chunks, in a repacked copy made once at load); activations
+//! are quantized to 8-bit blocks so the inner loops are integer dot products.
 
 mod attend;
 mod elementwise;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use marco_quantize::act::BlockQ8x32;
 use marco_quantize::blocks::{as_blocks, BlockQ8K};
+use marco_quantize::chunks::{self, ActChunks};
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, ActKind};
 use marco_quantize::quants::quantize_row;
@@ -24,8 +26,10 @@ use self::pool::{SharedMut, ThreadPool};
 use super::{AttnShape, Backend, BufId, MatJob, WeightId};
 use crate::gguf::GgufFile;
 
-/// A weight as the CPU sees it: a view into the mapped file (matrices) or a dequantized copy
-/// (1-D tensors such as norms and biases, which are tiny and read as f32 every time).
+/// A weight as the CPU sees it: a view into the mapped file (matrices), a copy repacked into
+/// four-block chunks (matmul weights of the types the kernels decode that way), or a
+/// dequantized copy (1-D tensors such as norms and biases, which are tiny and read as f32
+/// every time).
 struct CpuWeight {
     file: Arc<GgufFile>,
     tensor: usize,
@@ -34,14 +38,26 @@ struct CpuWeight {
     rows: usize,
     row_bytes: usize,
     dense: Option<Vec<f32>>,
+    /// The rows as chunks (`marco_quantize::chunks`), when repacked; same row length.
+    chunked: Option<Vec<u8>>,
 }
 
 impl CpuWeight {
+    /// The rows in the GGUF layout (only for weights not repacked).
     fn bytes(&self) -> &[u8] {
         self.file.data_for(&self.file.tensors()[self.tensor])
     }
-    fn row(&self, r: usize) -> &[u8] {
-        &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    /// Row `r` in the GGUF layout, read from the file or unpacked from the chunks into `buf`.
+    fn row_in<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        let span = r * self.row_bytes..(r + 1) * self.row_bytes;
+        match &self.chunked {
+            None => &self.bytes()[span],
+            Some(c) => {
+                buf.resize(self.row_bytes, 0);
+                chunks::unpack_row(self.ty, &c[span], buf);
+                buf
+            }
+        }
     }
     fn dense(&self) -> Result<&[f32]> {
         self.dense
@@ -64,6 +80,8 @@ pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Vec<f32>>,
     act_q8: Vec<BlockQ8x32>,
+    /// One token's activations in chunk order, for the chunked weights.
+    act_chunks: ActChunks,
     /// One token's activations as `Q8_K` bytes, for the K-quant kernels.
     act_q8k: Vec<u8>,
     /// `act_q8` transposed for the prompt GEMM (when the kernels have one).
@@ -92,6 +110,7 @@ impl CpuBackend {
             weights: Vec::new(),
             bufs: Vec::new(),
             act_q8: Vec::new(),
+            act_chunks: ActChunks::default(),
             packed: PackedActs::default(),
             act_q8k: Vec::new(),
             kv: None,
@@ -168,8 +187,36 @@ impl Backend for CpuBackend {
             rows,
             row_bytes,
             dense,
+            chunked: None,
         });
         Ok(WeightId(self.weights.len() - 1))
+    }
+
+    fn prepare_matmul(&mut self, id: WeightId) -> Result<()> {
+        let w = &self.weights[id.0];
+        if w.chunked.is_some() || w.dense.is_some() || !self.kernels.has_chunks(w.ty, w.cols) {
+            return Ok(());
+        }
+        let (src, ty, rb) = (w.bytes(), w.ty, w.row_bytes);
+        let mut dst = vec![0u8; src.len()];
+        let out = SharedMut(dst.as_mut_ptr());
+        const ROWS_PER_TASK: usize = 256;
+        self.pool.run(w.rows.div_ceil(ROWS_PER_TASK), &|task, _| {
+            let r0 = task * ROWS_PER_TASK;
+            let r1 = (r0 + ROWS_PER_TASK).min(w.rows);
+            // SAFETY: each task owns rows r0..r1 of the copy.
+            let d = unsafe { out.slice(r0 * rb, (r1 - r0) * rb) };
+            for (s, d) in src[r0 * rb..r1 * rb]
+                .chunks_exact(rb)
+                .zip(d.chunks_exact_mut(rb))
+            {
+                chunks::pack_row(ty, s, d);
+            }
+        });
+        // The copy replaces the mapped rows: their pages need not stay in our memory.
+        w.file.release_data(&w.file.tensors()[w.tensor]);
+        self.weights[id.0].chunked = Some(dst);
+        Ok(())
     }
 
     fn alloc(&mut self, len: usize) -> Result<BufId> {
@@ -191,6 +238,7 @@ impl Backend for CpuBackend {
     fn embed(&mut self, table: WeightId, ids: &[u32], out: BufId) -> Result<()> {
         let w = &self.weights[table.0];
         let out = &mut self.bufs[out.0];
+        let mut buf = Vec::new();
         for (t, &id) in ids.iter().enumerate() {
             ensure!(
                 (id as usize) < w.rows,
@@ -199,7 +247,7 @@ impl Backend for CpuBackend {
             );
             dequantize_row(
                 w.ty,
-                w.row(id as usize),
+                w.row_in(id as usize, &mut buf),
                 &mut out[t * w.cols..(t + 1) * w.cols],
             );
         }
@@ -273,6 +321,11 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
+        let chunked_ready =
+            n_tokens == 1 && jobs.iter().any(|j| self.weight(j.weight).chunked.is_some());
+        if chunked_ready {
+            self.act_chunks.fill(&self.act_q8[..cols / QK32]);
+        }
         if q8k_ready {
             // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.
             let bytes = GgmlType::Q8_K.row_bytes(cols as u64).unwrap_or(0) as usize;
@@ -295,6 +348,7 @@ impl Backend for CpuBackend {
             outs: &outs,
             x: &xs[..n_tokens * cols],
             xq: &self.act_q8,
+            xc: &self.act_chunks,
             xq8k: if q8k_ready {
                 as_blocks::<BlockQ8K>(&self.act_q8k)
             } else {
@@ -514,12 +568,47 @@ const GEMM_MIN_TOKENS: usize = 16;
 /// Tokens handled by one multi-token kernel call.
 const TOKEN_GROUP: usize = 4;
 
+/// Rows of a weight in the GGUF layout: all of them (`first` 0) or a task's rows unpacked
+/// from chunks (`first` the task's first row).
+struct RowView<'a> {
+    ty: GgmlType,
+    cols: usize,
+    rows: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+    first: usize,
+}
+
+impl<'a> RowView<'a> {
+    fn new(w: &CpuWeight, data: &'a [u8], first: usize) -> RowView<'a> {
+        RowView {
+            ty: w.ty,
+            cols: w.cols,
+            rows: w.rows,
+            row_bytes: w.row_bytes,
+            data,
+            first,
+        }
+    }
+
+    /// Rows `r0..r1` (absolute indices), consecutive.
+    fn span(&self, r0: usize, r1: usize) -> &'a [u8] {
+        &self.data[(r0 - self.first) * self.row_bytes..(r1 - self.first) * self.row_bytes]
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        self.span(r, r + 1)
+    }
+}
+
 struct MatCtx<'a> {
     weights: &'a [CpuWeight],
     jobs: &'a [MatJob],
     outs: &'a [SharedMut<f32>; 4],
     x: &'a [f32],
     xq: &'a [BlockQ8x32],
+    /// The token in chunk order, when there is one token and a chunked weight.
+    xc: &'a ActChunks,
     packed: &'a PackedActs,
     /// The token as `Q8_K` blocks, when there is one token and a K-quant kernel for it.
     xq8k: Option<&'a [BlockQ8K]>,
@@ -532,7 +621,7 @@ impl MatCtx<'_> {
     /// (a last partial tile repeats its last row and keeps only the real ones).
     fn gemm_rows(
         &self,
-        w: &CpuWeight,
+        w: &RowView,
         bias: Option<&[f32]>,
         out: SharedMut<f32>,
         acc: bool,
@@ -564,9 +653,50 @@ impl MatCtx<'_> {
         });
     }
 
+    /// Rows `r0..r1` of job `job`'s output: chunked weights go through the chunk kernel for
+    /// one token, and otherwise are unpacked to the GGUF layout for the prompt paths.
     fn run_rows(&self, job: usize, r0: usize, r1: usize) {
+        let w = &self.weights[self.jobs[job].weight.0];
+        let Some(packed) = &w.chunked else {
+            let view = RowView::new(w, w.bytes(), 0);
+            return self.run_rows_on(job, &view, r0, r1);
+        };
+        if self.n_tokens == 1 {
+            return self.chunk_rows(job, w, packed, r0, r1);
+        }
+        thread_local! {
+            static ROWS: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::default();
+        }
+        ROWS.with_borrow_mut(|buf| {
+            let rb = w.row_bytes;
+            buf.resize((r1 - r0) * rb, 0);
+            let src = &packed[r0 * rb..r1 * rb];
+            for (s, d) in src.chunks_exact(rb).zip(buf.chunks_exact_mut(rb)) {
+                chunks::unpack_row(w.ty, s, d);
+            }
+            self.run_rows_on(job, &RowView::new(w, buf, r0), r0, r1);
+        });
+    }
+
+    /// One token against chunked rows `r0..r1`.
+    fn chunk_rows(&self, job: usize, w: &CpuWeight, packed: &[u8], r0: usize, r1: usize) {
         let j = &self.jobs[job];
-        let w = &self.weights[j.weight.0];
+        let bias = j
+            .bias
+            .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
+        let rb = w.row_bytes;
+        for r in r0..r1 {
+            let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
+            let d = self
+                .kernels
+                .dot_chunks(w.ty, &packed[r * rb..(r + 1) * rb], self.xc);
+            // SAFETY: each task owns rows r0..r1 of this output (one token).
+            unsafe { emit(self.outs[job], r, d + b, j.accumulate) };
+        }
+    }
+
+    fn run_rows_on(&self, job: usize, w: &RowView, r0: usize, r1: usize) {
+        let j = &self.jobs[job];
         let bias = j
             .bias
             .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
@@ -593,7 +723,6 @@ impl MatCtx<'_> {
             // several rows.
             const TILE_ROWS: usize = 4;
             const TILE_TOKENS: usize = 8;
-            let bytes = w.bytes();
             let mut buf = [0.0f32; TILE_ROWS * TILE_TOKENS];
             // Rows outer: the tile's weights stay in L1 while the activations stream from L2.
             // (Tokens outer, the activation tile in L1 and the task's weights from L2, measured
@@ -604,7 +733,7 @@ impl MatCtx<'_> {
                     let nt = (self.n_tokens - t).min(TILE_TOKENS);
                     self.kernels.dot_q8_tile(
                         w.ty,
-                        &bytes[r * w.row_bytes..(r + nr) * w.row_bytes],
+                        w.span(r, r + nr),
                         w.row_bytes,
                         nr,
                         &self.xq[t * nb..],

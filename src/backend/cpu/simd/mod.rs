@@ -21,6 +21,8 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
+pub mod chunks512;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;

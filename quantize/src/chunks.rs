@@ -1,0 +1,347 @@
+//! Four-block chunks: the CPU's decode layout of the 32-element types `Q4_0`, `Q5_0` and
+//! `Q8_0`, one definition shared by the repacking, the SIMD kernels and their tests.
+//!
+//! Why a second layout: in the GGUF layout a block's scale, fifth bits and quants sit side by
+//! side, so a kernel spends most of its instructions picking scales out of 8 blocks and
+//! reducing each block's sums horizontally. A chunk keeps 4 consecutive blocks (128 weights)
+//! of a row so that one 512-bit register holds 16 weights of each block, one block per
+//! 128-bit lane: the "low half" register has elements 0..16 of the 4 blocks, the "high half"
+//! elements 16..32. Two byte dot products then leave each block's sum in its own lane, and one
+//! per-lane scale finishes all four. A chunk has exactly the bytes of its 4 blocks, so a
+//! repacked row is as long as the original one.
+//!
+//! Activations for chunked rows come in the same order ([`ActChunks`]).
+
+use crate::act::BlockQ8x32;
+use crate::blocks::{as_blocks, as_blocks_mut, Block, BlockQ4_0, BlockQ5_0, BlockQ8_0, LeF16};
+use crate::types::{GgmlType, QK32};
+
+/// Blocks per chunk.
+pub const CHUNK_BLOCKS: usize = 4;
+/// Weights per chunk.
+pub const CHUNK_LEN: usize = CHUNK_BLOCKS * QK32;
+
+/// Four `Q4_0` blocks. Byte `p` of `qs` holds element `p % 16` of block `p / 16` in its low
+/// nibble and element `16 + p % 16` in its high nibble: the 4 blocks' `qs`, concatenated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkQ4_0 {
+    pub d: [LeF16; 4],
+    pub qs: [u8; 64],
+}
+
+/// Four `Q5_0` blocks: `qs` as in [`ChunkQ4_0`]; bit `p` of the little-endian `qh[0]` is the
+/// fifth bit of the low-half weight `p` (block `p / 16`, element `p % 16`), of `qh[1]` that
+/// of the high-half weight `p` (element `16 + p % 16`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkQ5_0 {
+    pub d: [LeF16; 4],
+    pub qh: [[u8; 8]; 2],
+    pub qs: [u8; 64],
+}
+
+/// Four `Q8_0` blocks: `qs[h][p]` is element `16·h + p % 16` of block `p / 16`, plus 128 (as
+/// unsigned bytes, which the byte dot products take).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkQ8_0 {
+    pub d: [LeF16; 4],
+    pub qs: [[u8; 64]; 2],
+}
+
+/// A chunk type: plain old data like [`Block`], with its source block type.
+///
+/// # Safety
+/// As for [`Block`]: `#[repr(C)]`, no padding, alignment 1, valid for every bit pattern.
+pub unsafe trait Chunk: Copy + 'static {
+    /// The block type four of which make a chunk.
+    type Src: Block;
+    /// The quant offset `o` of `w = d·(q - o)` with `q` as stored in the chunk (unsigned),
+    /// a power of two.
+    const OFFSET: i32;
+    fn pack(blocks: &[Self::Src; CHUNK_BLOCKS]) -> Self;
+    fn unpack(&self) -> [Self::Src; CHUNK_BLOCKS];
+}
+
+macro_rules! chunk_pod {
+    ($($c:ty => $b:ty),*) => {$(
+        const _: () = assert!(size_of::<$c>() == CHUNK_BLOCKS * size_of::<$b>());
+        const _: () = assert!(align_of::<$c>() == 1);
+    )*};
+}
+chunk_pod!(ChunkQ4_0 => BlockQ4_0, ChunkQ5_0 => BlockQ5_0, ChunkQ8_0 => BlockQ8_0);
+
+// SAFETY: repr(C) structs of u8 arrays and LeF16 only; the sizes are checked above.
+unsafe impl Chunk for ChunkQ4_0 {
+    type Src = BlockQ4_0;
+    const OFFSET: i32 = 8;
+    fn pack(b: &[BlockQ4_0; 4]) -> Self {
+        ChunkQ4_0 {
+            d: b.map(|b| b.d),
+            qs: std::array::from_fn(|p| b[p / 16].qs[p % 16]),
+        }
+    }
+    fn unpack(&self) -> [BlockQ4_0; 4] {
+        std::array::from_fn(|i| BlockQ4_0 {
+            d: self.d[i],
+            qs: std::array::from_fn(|j| self.qs[16 * i + j]),
+        })
+    }
+}
+
+// SAFETY: as above.
+unsafe impl Chunk for ChunkQ5_0 {
+    type Src = BlockQ5_0;
+    const OFFSET: i32 = 16;
+    fn pack(b: &[BlockQ5_0; 4]) -> Self {
+        let mut qh = [0u64; 2];
+        for (i, blk) in b.iter().enumerate() {
+            let bits = u32::from_le_bytes(blk.qh) as u64;
+            qh[0] |= (bits & 0xFFFF) << (16 * i);
+            qh[1] |= (bits >> 16) << (16 * i);
+        }
+        ChunkQ5_0 {
+            d: b.map(|b| b.d),
+            qh: qh.map(u64::to_le_bytes),
+            qs: std::array::from_fn(|p| b[p / 16].qs[p % 16]),
+        }
+    }
+    fn unpack(&self) -> [BlockQ5_0; 4] {
+        let qh = self.qh.map(u64::from_le_bytes);
+        std::array::from_fn(|i| {
+            let lo = (qh[0] >> (16 * i)) & 0xFFFF;
+            let hi = (qh[1] >> (16 * i)) & 0xFFFF;
+            BlockQ5_0 {
+                d: self.d[i],
+                qh: ((lo | hi << 16) as u32).to_le_bytes(),
+                qs: std::array::from_fn(|j| self.qs[16 * i + j]),
+            }
+        })
+    }
+}
+
+// SAFETY: as above.
+unsafe impl Chunk for ChunkQ8_0 {
+    type Src = BlockQ8_0;
+    const OFFSET: i32 = 128;
+    fn pack(b: &[BlockQ8_0; 4]) -> Self {
+        ChunkQ8_0 {
+            d: b.map(|b| b.d),
+            qs: std::array::from_fn(|h| {
+                std::array::from_fn(|p| (b[p / 16].qs[16 * h + p % 16] as u8) ^ 0x80)
+            }),
+        }
+    }
+    fn unpack(&self) -> [BlockQ8_0; 4] {
+        std::array::from_fn(|i| BlockQ8_0 {
+            d: self.d[i],
+            qs: std::array::from_fn(|j| (self.qs[j / 16][16 * i + j % 16] ^ 0x80) as i8),
+        })
+    }
+}
+
+/// View `bytes` as chunks, or `None` if the length is not a whole number of them.
+pub fn as_chunks<C: Chunk>(bytes: &[u8]) -> Option<&[C]> {
+    let size = size_of::<C>();
+    if !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    // SAFETY: alignment 1, the length covers whole chunks of initialized bytes, and `Chunk`
+    // guarantees every bit pattern is valid; the lifetime is `bytes`'.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<C>(), bytes.len() / size) })
+}
+
+fn as_chunks_mut<C: Chunk>(bytes: &mut [u8]) -> Option<&mut [C]> {
+    let size = size_of::<C>();
+    if !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    // SAFETY: as in `as_chunks`, with the borrow exclusive; any chunk written is valid bytes.
+    Some(unsafe {
+        std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<C>(), bytes.len() / size)
+    })
+}
+
+/// Whether rows of `cols` weights of type `ty` have a chunked layout.
+pub fn supports(ty: GgmlType, cols: usize) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+        && cols > 0
+        && cols.is_multiple_of(CHUNK_LEN)
+}
+
+/// Rewrites one row (`src`, GGUF layout) as chunks into `dst` (the same length). `false`, and
+/// `dst` untouched, if the type or length has no chunked layout.
+pub fn pack_row(ty: GgmlType, src: &[u8], dst: &mut [u8]) -> bool {
+    match ty {
+        GgmlType::Q4_0 => convert::<ChunkQ4_0>(src, dst, true),
+        GgmlType::Q5_0 => convert::<ChunkQ5_0>(src, dst, true),
+        GgmlType::Q8_0 => convert::<ChunkQ8_0>(src, dst, true),
+        _ => false,
+    }
+}
+
+/// The inverse of [`pack_row`]: a chunked row back in the GGUF layout.
+pub fn unpack_row(ty: GgmlType, src: &[u8], dst: &mut [u8]) -> bool {
+    match ty {
+        GgmlType::Q4_0 => convert::<ChunkQ4_0>(src, dst, false),
+        GgmlType::Q5_0 => convert::<ChunkQ5_0>(src, dst, false),
+        GgmlType::Q8_0 => convert::<ChunkQ8_0>(src, dst, false),
+        _ => false,
+    }
+}
+
+fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
+    if src.len() != dst.len() || !src.len().is_multiple_of(size_of::<C>()) {
+        return false;
+    }
+    if to_chunks {
+        let (Some(b), Some(c)) = (as_blocks::<C::Src>(src), as_chunks_mut::<C>(dst)) else {
+            return false;
+        };
+        for (c, b) in c.iter_mut().zip(b.as_chunks::<CHUNK_BLOCKS>().0) {
+            *c = C::pack(b);
+        }
+    } else {
+        let (Some(c), Some(b)) = (as_chunks::<C>(src), as_blocks_mut::<C::Src>(dst)) else {
+            return false;
+        };
+        for (c, b) in c.iter().zip(b.as_chunks_mut::<CHUNK_BLOCKS>().0) {
+            *b = c.unpack();
+        }
+    }
+    true
+}
+
+/// One token's activation blocks in chunk order: per chunk the low halves of its 4 blocks
+/// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; and per
+/// chunk 16 i32 lanes holding `-Σq` of block `b` in lane `4b` (0 elsewhere), the start of
+/// the integer sums that cancels the weights' offset when shifted by its log2 (exactly: a
+/// float correction afterwards would lose the bits the offset adds).
+#[derive(Default, Clone)]
+pub struct ActChunks {
+    pub q: Vec<[[i8; 64]; 2]>,
+    pub d: Vec<f32>,
+    pub neg_sums: Vec<[i32; 16]>,
+}
+
+impl ActChunks {
+    /// Re-lays `x` (whole chunks of blocks; a last partial chunk is dropped), reusing the
+    /// buffers.
+    pub fn fill(&mut self, x: &[BlockQ8x32]) {
+        let chunks = x.as_chunks::<CHUNK_BLOCKS>().0;
+        self.q.clear();
+        self.q.extend(chunks.iter().map(|c| {
+            std::array::from_fn(|h| std::array::from_fn(|p| c[p / 16].qs[16 * h + p % 16]))
+        }));
+        self.d.clear();
+        self.d.extend(chunks.iter().flatten().map(|b| b.d));
+        self.neg_sums.clear();
+        self.neg_sums.extend(
+            chunks
+                .iter()
+                .map(|c| std::array::from_fn(|l| if l % 4 == 0 { -c[l / 4].sum } else { 0 })),
+        );
+    }
+
+    /// Chunks held.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dot::vec_dot_q8;
+    use crate::quants::quantize_row;
+    use crate::rng::SplitMix64;
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = SplitMix64::new(seed);
+        (0..n).map(|_| r.next_f32() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn pack_then_unpack_is_the_identity_and_keeps_the_length() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let x = random(512, 7);
+            let mut row = vec![0u8; ty.row_bytes(512).unwrap() as usize];
+            quantize_row(ty, &x, &mut row);
+            let mut packed = vec![0u8; row.len()];
+            assert!(pack_row(ty, &row, &mut packed), "{ty}");
+            assert_ne!(packed, row, "{ty}: packing must move bytes");
+            let mut back = vec![0u8; row.len()];
+            assert!(unpack_row(ty, &packed, &mut back));
+            assert_eq!(back, row, "{ty}");
+        }
+        let mut dst = [0u8; 18 * 4];
+        assert!(!pack_row(GgmlType::Q4_K, &[0; 72], &mut dst));
+        assert!(!pack_row(GgmlType::Q4_0, &[0; 18], &mut dst));
+        assert!(!supports(GgmlType::Q5_0, 96) && supports(GgmlType::Q5_0, 896));
+    }
+
+    /// The chunk fields mean what their docs say: weight `16h + e` of block `b` is read back
+    /// from the documented place and equals the dequantized original.
+    #[test]
+    fn chunk_fields_follow_the_documented_order() {
+        let x = random(128, 3);
+        let mut row = vec![0u8; GgmlType::Q5_0.row_bytes(128).unwrap() as usize];
+        quantize_row(GgmlType::Q5_0, &x, &mut row);
+        let mut packed = vec![0u8; row.len()];
+        pack_row(GgmlType::Q5_0, &row, &mut packed);
+        let c = as_chunks::<ChunkQ5_0>(&packed).unwrap()[0];
+        let mut deq = vec![0f32; 128];
+        crate::dequant::dequantize_row(GgmlType::Q5_0, &row, &mut deq);
+        for h in 0..2 {
+            let qh = u64::from_le_bytes(c.qh[h]);
+            for p in 0..64 {
+                let nib = if h == 0 { c.qs[p] & 15 } else { c.qs[p] >> 4 };
+                let q = nib as i32 | (((qh >> p) & 1) as i32) << 4;
+                let (b, e) = (p / 16, 16 * h + p % 16);
+                let w = c.d[b].to_f32() * (q - ChunkQ5_0::OFFSET) as f32;
+                assert_eq!(w, deq[32 * b + e], "h {h} p {p}");
+            }
+        }
+    }
+
+    /// A dot product through [`ActChunks`] (scalar, in chunk order) matches the reference.
+    #[test]
+    fn act_chunks_carry_the_blocks_in_chunk_order() {
+        let xf = random(256, 11);
+        let mut xq = vec![BlockQ8x32::default(); 8];
+        crate::act::quantize_activations(&xf, &mut xq);
+        let mut a = ActChunks::default();
+        a.fill(&xq);
+        assert_eq!(a.len(), 2);
+        let wf = random(256, 12);
+        let mut row = vec![0u8; GgmlType::Q8_0.row_bytes(256).unwrap() as usize];
+        quantize_row(GgmlType::Q8_0, &wf, &mut row);
+        let mut packed = vec![0u8; row.len()];
+        pack_row(GgmlType::Q8_0, &row, &mut packed);
+        let mut total = 0.0f32;
+        for (ci, c) in as_chunks::<ChunkQ8_0>(&packed).unwrap().iter().enumerate() {
+            for b in 0..4 {
+                let mut s = a.neg_sums[ci][4 * b] * ChunkQ8_0::OFFSET;
+                for h in 0..2 {
+                    for e in 0..16 {
+                        let p = 16 * b + e;
+                        s += c.qs[h][p] as i32 * a.q[ci][h][p] as i32;
+                    }
+                }
+                let blk = 4 * ci + b;
+                let dw = c.d[b].to_f32();
+                total += dw * a.d[blk] * s as f32;
+            }
+        }
+        let want = vec_dot_q8(GgmlType::Q8_0, &row, &xq);
+        assert!(
+            (total - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{total} vs {want}"
+        );
+    }
+}
