@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Print JSON (llama-bench's field names) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure this machine's memory read bandwidth at each thread count and print what
+    /// share of it decoding uses (a token reads every matmul weight once).
+    #[arg(long)]
+    bandwidth: bool,
 }
 
 struct Sample {
@@ -95,6 +99,80 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         print_table(&samples, &path, size);
     }
     eprintln!("marco: peak RSS {}", peak_rss_text());
+    if a.bandwidth {
+        print_bandwidth(&samples, &path, &threads)?;
+    }
+    Ok(())
+}
+
+/// Bytes of weights one decoded token reads: every 2-D tensor but the embedding table (of
+/// which it reads one row), unless the table doubles as the output matrix.
+fn weight_bytes_per_token(path: &std::path::Path) -> Result<u64> {
+    let file = marco::gguf::GgufFile::open(path)?;
+    let tied = file.tensor_info("output.weight").is_none();
+    Ok(file
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2 && (tied || t.name != "token_embd.weight"))
+        .map(|t| t.n_bytes)
+        .sum())
+}
+
+/// Best read bandwidth (bytes/s) of `n_threads` threads each summing its share of a 1 GiB
+/// buffer (far beyond any cache), over a few runs.
+fn read_bandwidth(n_threads: usize) -> f64 {
+    const WORDS: usize = (1 << 30) / 8;
+    let buf = vec![1u64; WORDS];
+    let share = WORDS.div_ceil(n_threads.max(1));
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks(share)
+                .map(|part| {
+                    // Eight independent sums, so the loop is bound by loads alone.
+                    s.spawn(move || {
+                        let mut acc = [0u64; 8];
+                        for c in part.as_chunks::<8>().0 {
+                            for (a, &v) in acc.iter_mut().zip(c) {
+                                *a = a.wrapping_add(v);
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                })
+                .collect();
+            parts.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max((WORDS * 8) as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]) -> Result<()> {
+    let per_token = weight_bytes_per_token(path)? as f64;
+    println!();
+    println!(
+        "Decoding reads {:.1} MB of weights per token.",
+        per_token / 1e6
+    );
+    println!("| threads | read bandwidth | test | weights read | share of bandwidth |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for &t in threads {
+        let bw = read_bandwidth(t);
+        for s in samples.iter().filter(|s| s.n_threads == t && s.n_prompt == 0) {
+            let rate = mean_sd(&s.ts).0 * per_token;
+            println!(
+                "| {t} | {:.1} GB/s | {} | {:.1} GB/s | {:.0}% |",
+                bw / 1e9,
+                test_name(s),
+                rate / 1e9,
+                100.0 * rate / bw
+            );
+        }
+    }
     Ok(())
 }
 
