@@ -162,7 +162,10 @@ fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for &t in threads {
         let bw = read_bandwidth(t);
-        for s in samples.iter().filter(|s| s.n_threads == t && s.n_prompt == 0) {
+        for s in samples
+            .iter()
+            .filter(|s| s.n_threads == t && s.n_prompt == 0)
+        {
             let rate = mean_sd(&s.ts).0 * per_token;
             println!(
                 "| {t} | {:.1} GB/s | {} | {:.1} GB/s | {:.0}% |",

@@ -57,8 +57,10 @@ struct StallWindow {
     jobs: u32,
     waited: Duration,
     total: Duration,
-    /// Jobs left to run on the caller's thread alone.
-    solo_left: u32,
+    /// Until when jobs run on the caller's thread alone.
+    solo_until: Option<Instant>,
+    /// Windows in a row that waited too much (each doubles the next solo stretch).
+    stalled_windows: u32,
 }
 
 /// Jobs per measurement window.
@@ -66,8 +68,11 @@ const WINDOW_JOBS: u32 = 256;
 /// Waiting for more than this share of a window's time means the workers keep losing their
 /// cores: on a quiet machine the caller waits at most for one task at the end of a job.
 const STALL_SHARE: f64 = 0.25;
-/// Jobs then run alone (about 30 decoded tokens of a small model) before trying again.
-const SOLO_JOBS: u32 = 4096;
+/// Jobs then run alone for this long (a few decoded tokens) before the workers are tried
+/// again; each window in a row that still waits too much doubles it, up to
+/// `SOLO << MAX_BACKOFF` (1.6 s), so a neighbour that stays busy costs few trial windows.
+const SOLO: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: u32 = 5;
 
 /// How long an idle worker polls before it sleeps: long enough to bridge the gap between two
 /// consecutive ops of one token, short enough not to take a busy neighbour's core for long.
@@ -114,10 +119,8 @@ impl ThreadPool {
         if n_tasks == 0 {
             return;
         }
-        let mut stalls = self.stalls.get();
-        if self.n_threads == 1 || n_tasks == 1 || stalls.solo_left > 0 {
-            stalls.solo_left = stalls.solo_left.saturating_sub(1);
-            self.stalls.set(stalls);
+        let solo = |until: Option<Instant>| until.is_some_and(|u| Instant::now() < u);
+        if self.n_threads == 1 || n_tasks == 1 || solo(self.stalls.get().solo_until) {
             (0..n_tasks).for_each(|t| f(t, 0));
             return;
         }
@@ -155,9 +158,16 @@ impl ThreadPool {
         w.total += total;
         if w.jobs >= WINDOW_JOBS {
             let share = w.waited.as_secs_f64() / w.total.as_secs_f64().max(1e-9);
-            w = StallWindow {
-                solo_left: if share > STALL_SHARE { SOLO_JOBS } else { 0 },
-                ..StallWindow::default()
+            w = if share > STALL_SHARE {
+                StallWindow {
+                    solo_until: Some(
+                        Instant::now() + SOLO * (1 << w.stalled_windows.min(MAX_BACKOFF)),
+                    ),
+                    stalled_windows: w.stalled_windows + 1,
+                    ..StallWindow::default()
+                }
+            } else {
+                StallWindow::default()
             };
         }
         self.stalls.set(w);
@@ -266,27 +276,52 @@ mod tests {
     }
 
     /// A window in which the caller mostly waited on workers switches the pool to running
-    /// jobs on the caller's thread alone, for `SOLO_JOBS` jobs.
+    /// jobs on the caller's thread alone for `SOLO`, twice as long after each such window in
+    /// a row, and back to the workers after that time or a window without long waits.
     #[test]
     fn long_waits_switch_to_solo_and_back() {
         let pool = ThreadPool::new(2);
-        for _ in 0..WINDOW_JOBS {
-            pool.note_stall(Duration::from_millis(3), Duration::from_millis(4));
+        let solo_left = || {
+            let until = pool.stalls.get().solo_until;
+            until.map_or(Duration::ZERO, |u| {
+                u.saturating_duration_since(Instant::now())
+            })
+        };
+        let stall_window = || {
+            for _ in 0..WINDOW_JOBS {
+                pool.note_stall(Duration::from_millis(3), Duration::from_millis(4));
+            }
+        };
+        for i in 0..MAX_BACKOFF + 2 {
+            stall_window();
+            let want = SOLO * (1 << i.min(MAX_BACKOFF));
+            let left = solo_left();
+            assert!(
+                left <= want && left > want / 2,
+                "window {i}: {left:?} of {want:?}"
+            );
         }
-        assert_eq!(pool.stalls.get().solo_left, SOLO_JOBS);
+        // A quiet window resets the backoff.
+        for _ in 0..WINDOW_JOBS {
+            pool.note_stall(Duration::from_micros(1), Duration::from_micros(100));
+        }
+        assert_eq!(pool.stalls.get().stalled_windows, 0);
+        assert_eq!(solo_left(), Duration::ZERO);
+        stall_window();
+        assert!(solo_left() > SOLO / 2);
         let on_worker = AtomicUsize::new(0);
-        for _ in 0..SOLO_JOBS {
+        while solo_left() > Duration::from_millis(1) {
             pool.run(64, &|_, w| {
                 on_worker.fetch_add(usize::from(w != 0), Ordering::Relaxed);
             });
         }
-        assert_eq!(on_worker.load(Ordering::Relaxed), 0);
-        assert_eq!(pool.stalls.get().solo_left, 0);
-        // Short waits keep the workers.
-        for _ in 0..WINDOW_JOBS {
-            pool.note_stall(Duration::from_micros(1), Duration::from_micros(100));
-        }
-        assert_eq!(pool.stalls.get().solo_left, 0);
+        assert_eq!(
+            on_worker.load(Ordering::Relaxed),
+            0,
+            "solo jobs ran on a worker"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(solo_left(), Duration::ZERO);
     }
 
     #[test]
