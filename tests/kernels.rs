@@ -175,15 +175,21 @@ fn dot_chunks_matches_reference() {
     use marco_quantize::chunks::{pack_row, supports, ActChunks};
     let mut rng = Rng(0xc4c4_0001_2345_6789);
     let mut checked = 0;
-    for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+    for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K] {
         for cols in [128, 256, 384, 896, 1536, 4864, 8960] {
+            if ty == GgmlType::Q4_K && cols % 256 != 0 {
+                assert!(!supports(ty, cols));
+                continue;
+            }
             assert!(supports(ty, cols));
             let src: Vec<f32> = (0..cols).map(|_| 0.1 * rng.unit()).collect();
             let mut quantized = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize];
             quantize_row(ty, &src, &mut quantized);
             let mut extreme = random_row(&mut rng, ty, cols);
+            // Every quant (and Q4_K scale and min) at its maximum; the f16 scales stay finite.
+            let scales_end = if ty == GgmlType::Q4_K { 4 } else { 2 };
             for block in extreme.chunks_exact_mut(ty.type_size()) {
-                block[2..].fill(0xFF);
+                block[scales_end..].fill(0xFF);
             }
             for (label, w) in [
                 ("random", random_row(&mut rng, ty, cols)),
@@ -423,6 +429,7 @@ fn bench_dot_q8_throughput() {
         (GgmlType::Q8_0, 4864, 896),
         (GgmlType::Q6_K, 896, 4864),
         (GgmlType::Q4_K, 896, 4864),
+        (GgmlType::Q4_K, 8960, 1536),
         (GgmlType::Q4_0, 4864, 896),
         (GgmlType::Q5_K, 896, 4864),
     ];

@@ -1,5 +1,6 @@
-//! Four-block chunks: the CPU's decode layout of the 32-element types `Q4_0`, `Q5_0` and
-//! `Q8_0`, one definition shared by the repacking, the SIMD kernels and their tests.
+//! Four-block chunks: the CPU's decode layout of `Q4_0`, `Q5_0`, `Q8_0` (four blocks of 32)
+//! and `Q4_K` (one super-block: two halves of four 32-weight groups), one definition shared by
+//! the repacking, the SIMD kernels and their tests.
 //!
 //! Why a second layout: in the GGUF layout a block's scale, fifth bits and quants sit side by
 //! side, so a kernel spends most of its instructions picking scales out of 8 blocks and
@@ -13,7 +14,9 @@
 //! Activations for chunked rows come in the same order ([`ActChunks`]).
 
 use crate::act::BlockQ8x32;
-use crate::blocks::{as_blocks, as_blocks_mut, Block, BlockQ4_0, BlockQ5_0, BlockQ8_0, LeF16};
+use crate::blocks::{
+    as_blocks, as_blocks_mut, Block, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ8_0, LeF16,
+};
 use crate::types::{GgmlType, QK32};
 
 /// Blocks per chunk.
@@ -50,51 +53,76 @@ pub struct ChunkQ8_0 {
     pub qs: [[u8; 64]; 2],
 }
 
+/// One `Q4_K` super-block: scales as stored; `qs[h]` holds groups `4h..4h+4` as
+/// [`ChunkQ4_0::qs`] holds its blocks (byte `p`: group `4h + p / 16`, element `p % 16` in
+/// the low nibble and `16 + p % 16` in the high one), so each half is one chunk of 128
+/// weights.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkQ4K {
+    pub d: LeF16,
+    pub dmin: LeF16,
+    pub scales: [u8; 12],
+    pub qs: [[u8; 64]; 2],
+}
+
 /// A chunk type: plain old data like [`Block`], with its source block type.
 ///
 /// # Safety
 /// As for [`Block`]: `#[repr(C)]`, no padding, alignment 1, valid for every bit pattern.
 pub unsafe trait Chunk: Copy + 'static {
-    /// The block type four of which make a chunk.
+    /// The block type `SRC_BLOCKS` of which make a chunk.
     type Src: Block;
+    const SRC_BLOCKS: usize;
     /// The quant offset `o` of `w = d·(q - o)` with `q` as stored in the chunk (unsigned),
-    /// a power of two.
+    /// a power of two (1 for the K-quants, whose mins are a separate term).
     const OFFSET: i32;
-    fn pack(blocks: &[Self::Src; CHUNK_BLOCKS]) -> Self;
-    fn unpack(&self) -> [Self::Src; CHUNK_BLOCKS];
+    /// Packs `SRC_BLOCKS` blocks.
+    fn pack(blocks: &[Self::Src]) -> Self;
+    /// Unpacks into `SRC_BLOCKS` blocks.
+    fn unpack(&self, out: &mut [Self::Src]);
 }
 
 macro_rules! chunk_pod {
-    ($($c:ty => $b:ty),*) => {$(
-        const _: () = assert!(size_of::<$c>() == CHUNK_BLOCKS * size_of::<$b>());
+    ($($c:ty => $n:literal $b:ty),*) => {$(
+        const _: () = assert!(size_of::<$c>() == $n * size_of::<$b>());
         const _: () = assert!(align_of::<$c>() == 1);
     )*};
 }
-chunk_pod!(ChunkQ4_0 => BlockQ4_0, ChunkQ5_0 => BlockQ5_0, ChunkQ8_0 => BlockQ8_0);
+chunk_pod!(
+    ChunkQ4_0 => 4 BlockQ4_0,
+    ChunkQ5_0 => 4 BlockQ5_0,
+    ChunkQ8_0 => 4 BlockQ8_0,
+    ChunkQ4K => 1 BlockQ4K
+);
 
 // SAFETY: repr(C) structs of u8 arrays and LeF16 only; the sizes are checked above.
 unsafe impl Chunk for ChunkQ4_0 {
     type Src = BlockQ4_0;
+    const SRC_BLOCKS: usize = 4;
     const OFFSET: i32 = 8;
-    fn pack(b: &[BlockQ4_0; 4]) -> Self {
+    fn pack(b: &[BlockQ4_0]) -> Self {
         ChunkQ4_0 {
-            d: b.map(|b| b.d),
+            d: std::array::from_fn(|i| b[i].d),
             qs: std::array::from_fn(|p| b[p / 16].qs[p % 16]),
         }
     }
-    fn unpack(&self) -> [BlockQ4_0; 4] {
-        std::array::from_fn(|i| BlockQ4_0 {
-            d: self.d[i],
-            qs: std::array::from_fn(|j| self.qs[16 * i + j]),
-        })
+    fn unpack(&self, out: &mut [BlockQ4_0]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = BlockQ4_0 {
+                d: self.d[i],
+                qs: std::array::from_fn(|j| self.qs[16 * i + j]),
+            };
+        }
     }
 }
 
 // SAFETY: as above.
 unsafe impl Chunk for ChunkQ5_0 {
     type Src = BlockQ5_0;
+    const SRC_BLOCKS: usize = 4;
     const OFFSET: i32 = 16;
-    fn pack(b: &[BlockQ5_0; 4]) -> Self {
+    fn pack(b: &[BlockQ5_0]) -> Self {
         let mut qh = [0u64; 2];
         for (i, blk) in b.iter().enumerate() {
             let bits = u32::from_le_bytes(blk.qh) as u64;
@@ -102,42 +130,82 @@ unsafe impl Chunk for ChunkQ5_0 {
             qh[1] |= (bits >> 16) << (16 * i);
         }
         ChunkQ5_0 {
-            d: b.map(|b| b.d),
+            d: std::array::from_fn(|i| b[i].d),
             qh: qh.map(u64::to_le_bytes),
             qs: std::array::from_fn(|p| b[p / 16].qs[p % 16]),
         }
     }
-    fn unpack(&self) -> [BlockQ5_0; 4] {
+    fn unpack(&self, out: &mut [BlockQ5_0]) {
         let qh = self.qh.map(u64::from_le_bytes);
-        std::array::from_fn(|i| {
+        for (i, o) in out.iter_mut().enumerate() {
             let lo = (qh[0] >> (16 * i)) & 0xFFFF;
             let hi = (qh[1] >> (16 * i)) & 0xFFFF;
-            BlockQ5_0 {
+            *o = BlockQ5_0 {
                 d: self.d[i],
                 qh: ((lo | hi << 16) as u32).to_le_bytes(),
                 qs: std::array::from_fn(|j| self.qs[16 * i + j]),
-            }
-        })
+            };
+        }
     }
 }
 
 // SAFETY: as above.
 unsafe impl Chunk for ChunkQ8_0 {
     type Src = BlockQ8_0;
+    const SRC_BLOCKS: usize = 4;
     const OFFSET: i32 = 128;
-    fn pack(b: &[BlockQ8_0; 4]) -> Self {
+    fn pack(b: &[BlockQ8_0]) -> Self {
         ChunkQ8_0 {
-            d: b.map(|b| b.d),
+            d: std::array::from_fn(|i| b[i].d),
             qs: std::array::from_fn(|h| {
                 std::array::from_fn(|p| (b[p / 16].qs[16 * h + p % 16] as u8) ^ 0x80)
             }),
         }
     }
-    fn unpack(&self) -> [BlockQ8_0; 4] {
-        std::array::from_fn(|i| BlockQ8_0 {
-            d: self.d[i],
-            qs: std::array::from_fn(|j| (self.qs[j / 16][16 * i + j % 16] ^ 0x80) as i8),
-        })
+    fn unpack(&self, out: &mut [BlockQ8_0]) {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = BlockQ8_0 {
+                d: self.d[i],
+                qs: std::array::from_fn(|j| (self.qs[j / 16][16 * i + j % 16] ^ 0x80) as i8),
+            };
+        }
+    }
+}
+
+// SAFETY: as above.
+unsafe impl Chunk for ChunkQ4K {
+    type Src = BlockQ4K;
+    const SRC_BLOCKS: usize = 1;
+    const OFFSET: i32 = 1;
+    fn pack(b: &[BlockQ4K]) -> Self {
+        let b = &b[0];
+        // GGUF: weight e of group g is nibble g % 2 of byte 32·(g / 2) + e.
+        let nib = |g: usize, e: usize| (b.qs[32 * (g / 2) + e] >> (4 * (g % 2))) & 0x0F;
+        ChunkQ4K {
+            d: b.d,
+            dmin: b.dmin,
+            scales: b.scales,
+            qs: std::array::from_fn(|h| {
+                std::array::from_fn(|p| {
+                    let (g, e) = (4 * h + p / 16, p % 16);
+                    nib(g, e) | nib(g, e + 16) << 4
+                })
+            }),
+        }
+    }
+    fn unpack(&self, out: &mut [BlockQ4K]) {
+        // Chunk: weight e of group g is nibble e / 16 of byte [g / 4][16·(g % 4) + e % 16].
+        let nib =
+            |g: usize, e: usize| (self.qs[g / 4][16 * (g % 4) + e % 16] >> (4 * (e / 16))) & 0x0F;
+        out[0] = BlockQ4K {
+            d: self.d,
+            dmin: self.dmin,
+            scales: self.scales,
+            qs: std::array::from_fn(|i| {
+                let (c, e) = (i / 32, i % 32);
+                nib(2 * c, e) | nib(2 * c + 1, e) << 4
+            }),
+        };
     }
 }
 
@@ -165,9 +233,12 @@ fn as_chunks_mut<C: Chunk>(bytes: &mut [u8]) -> Option<&mut [C]> {
 
 /// Whether rows of `cols` weights of type `ty` have a chunked layout.
 pub fn supports(ty: GgmlType, cols: usize) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
-        && cols > 0
-        && cols.is_multiple_of(CHUNK_LEN)
+    cols > 0
+        && cols.is_multiple_of(ty.block_size().max(CHUNK_LEN))
+        && matches!(
+            ty,
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K
+        )
 }
 
 /// Rewrites one row (`src`, GGUF layout) as chunks into `dst` (the same length). `false`, and
@@ -177,6 +248,7 @@ pub fn pack_row(ty: GgmlType, src: &[u8], dst: &mut [u8]) -> bool {
         GgmlType::Q4_0 => convert::<ChunkQ4_0>(src, dst, true),
         GgmlType::Q5_0 => convert::<ChunkQ5_0>(src, dst, true),
         GgmlType::Q8_0 => convert::<ChunkQ8_0>(src, dst, true),
+        GgmlType::Q4_K => convert::<ChunkQ4K>(src, dst, true),
         _ => false,
     }
 }
@@ -187,6 +259,7 @@ pub fn unpack_row(ty: GgmlType, src: &[u8], dst: &mut [u8]) -> bool {
         GgmlType::Q4_0 => convert::<ChunkQ4_0>(src, dst, false),
         GgmlType::Q5_0 => convert::<ChunkQ5_0>(src, dst, false),
         GgmlType::Q8_0 => convert::<ChunkQ8_0>(src, dst, false),
+        GgmlType::Q4_K => convert::<ChunkQ4K>(src, dst, false),
         _ => false,
     }
 }
@@ -199,15 +272,15 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
         let (Some(b), Some(c)) = (as_blocks::<C::Src>(src), as_chunks_mut::<C>(dst)) else {
             return false;
         };
-        for (c, b) in c.iter_mut().zip(b.as_chunks::<CHUNK_BLOCKS>().0) {
+        for (c, b) in c.iter_mut().zip(b.chunks_exact(C::SRC_BLOCKS)) {
             *c = C::pack(b);
         }
     } else {
         let (Some(c), Some(b)) = (as_chunks::<C>(src), as_blocks_mut::<C::Src>(dst)) else {
             return false;
         };
-        for (c, b) in c.iter().zip(b.as_chunks_mut::<CHUNK_BLOCKS>().0) {
-            *b = c.unpack();
+        for (c, b) in c.iter().zip(b.chunks_exact_mut(C::SRC_BLOCKS)) {
+            c.unpack(b);
         }
     }
     true
@@ -217,12 +290,14 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
 /// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; and per
 /// chunk 16 i32 lanes holding `-Σq` of block `b` in lane `4b` (0 elsewhere), the start of
 /// the integer sums that cancels the weights' offset when shifted by its log2 (exactly: a
-/// float correction afterwards would lose the bits the offset adds).
+/// float correction afterwards would lose the bits the offset adds); and per block `d·Σq`,
+/// for the K-quants' min terms.
 #[derive(Default, Clone)]
 pub struct ActChunks {
     pub q: Vec<[[i8; 64]; 2]>,
     pub d: Vec<f32>,
     pub neg_sums: Vec<[i32; 16]>,
+    pub dsum: Vec<f32>,
 }
 
 impl ActChunks {
@@ -236,6 +311,9 @@ impl ActChunks {
         }));
         self.d.clear();
         self.d.extend(chunks.iter().flatten().map(|b| b.d));
+        self.dsum.clear();
+        self.dsum
+            .extend(chunks.iter().flatten().map(|b| b.d * b.sum as f32));
         self.neg_sums.clear();
         self.neg_sums.extend(
             chunks
@@ -268,7 +346,12 @@ mod tests {
 
     #[test]
     fn pack_then_unpack_is_the_identity_and_keeps_the_length() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+        ] {
             let x = random(512, 7);
             let mut row = vec![0u8; ty.row_bytes(512).unwrap() as usize];
             quantize_row(ty, &x, &mut row);

@@ -72,11 +72,12 @@ pub trait Backend: Send {
     /// Makes a tensor of `file` available to ops (zero-copy on CPU, uploaded on GPU).
     fn load_weight(&mut self, file: &Arc<GgufFile>, name: &str) -> Result<WeightId>;
 
-    /// Says that `w` (from [`load_weight`](Self::load_weight)) will be a matmul weight, so
-    /// the backend may re-lay it for its kernels once, now (the CPU decodes some types from
-    /// four-block chunks). Ops other than `matmul` may still read it.
-    fn prepare_matmul(&mut self, w: WeightId) -> Result<()> {
-        let _ = w;
+    /// Says that `ws` (from [`load_weight`](Self::load_weight); repeats allowed) will be
+    /// matmul weights, so the backend may re-lay them for its kernels once, now (the CPU
+    /// decodes some types from four-block chunks). Ops other than `matmul` may still read
+    /// them. Pass all of a model's at once: the CPU keeps their copies in one buffer.
+    fn prepare_matmul(&mut self, ws: &[WeightId]) -> Result<()> {
+        let _ = ws;
         Ok(())
     }
 

@@ -99,12 +99,12 @@ impl Qwen2Model {
                 down: job(t("ffn_down.weight")?, None),
             });
         }
-        for l in &layers {
-            for j in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
-                backend.prepare_matmul(j.weight)?;
-            }
-        }
-        backend.prepare_matmul(output_weight)?;
+        let mut matmul_weights: Vec<WeightId> = layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(|j| j.weight))
+            .collect();
+        matmul_weights.push(output_weight);
+        backend.prepare_matmul(&matmul_weights)?;
         let bufs = alloc_buffers(backend.as_mut(), &config)?;
         backend.alloc_kv_cache(config.n_layer, max_ctx, config.kv_dim())?;
         let mut model = Qwen2Model {

@@ -9,7 +9,11 @@
 
 use std::arch::x86_64::*;
 
-use marco_quantize::chunks::{as_chunks, ActChunks, Chunk, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0};
+use marco_quantize::chunks::{
+    as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0,
+};
+
+use super::k4_scales_mins;
 use marco_quantize::GgmlType;
 
 /// `dot(w, x)` for a chunked row of type `ty` (see `Kernels::dot_chunks`); `None` for types
@@ -43,6 +47,7 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks) -> Option<f32> {
         GgmlType::Q8_0 => {
             row::<ChunkQ8_0>(as_chunks(w)?, x, |c| (load512(&c.qs[0]), load512(&c.qs[1])))?
         }
+        GgmlType::Q4_K => q4_k(as_chunks(w)?, x)?,
         _ => return None,
     })
 }
@@ -133,4 +138,73 @@ fn chunk<C: Chunk + Scales>(
     let dw = scales4(c.d());
     let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dw, load4(xd))));
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
+}
+
+/// `Q4_K` rows: each super-block is two chunks of four groups; a group's scale
+/// `d·sc·d_x` goes to its lane as in [`chunk`], and its min term `dmin·m·d_x·Σx` into an
+/// 8-wide accumulator subtracted at the end. Scales and mins are worked out for all 8 groups
+/// at once.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4_k(w: &[ChunkQ4K], x: &ActChunks) -> Option<f32> {
+    let n = w.len();
+    let xq = x.q.get(..2 * n)?.as_chunks::<2>().0;
+    let xd = x.d.get(..8 * n)?.as_chunks::<8>().0;
+    let xs = x.dsum.get(..8 * n)?.as_chunks::<8>().0;
+    // Lane b of half h: group 4h + b.
+    let spread = [
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+        _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+    ];
+    let low4 = _mm512_set1_epi8(0x0F);
+    let (mut acc, mut mins) = ([_mm512_setzero_ps(); 2], _mm256_setzero_ps());
+    for (((c, xq), xd), xs) in w.iter().zip(xq).zip(xd).zip(xs) {
+        let (sc, m) = k4_scales_mins(&c.scales);
+        let (d, dmin) = scales2(c.d, c.dmin);
+        let scale = _mm256_mul_ps(_mm256_mul_ps(bytes8(sc), d), load8(xd));
+        let scale = _mm512_castps256_ps512(scale);
+        mins = _mm256_fmadd_ps(_mm256_mul_ps(bytes8(m), dmin), load8(xs), mins);
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let q = load512(&c.qs[h]);
+            let lo = _mm512_and_si512(q, low4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
+            let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load512(&xq[h][0]));
+            let s = _mm512_dpbusd_epi32(s, hi, load512(&xq[h][1]));
+            let lanes = _mm512_permutexvar_ps(spread[h], scale);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), lanes, *acc);
+        }
+    }
+    let mins = _mm_add_ps(
+        _mm256_castps256_ps128(mins),
+        _mm256_extractf128_ps::<1>(mins),
+    );
+    let mins = _mm_add_ps(mins, _mm_movehl_ps(mins, mins));
+    let mins = _mm_add_ss(mins, _mm_movehdup_ps(mins));
+    Some(_mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - _mm_cvtss_f32(mins))
+}
+
+/// The 8 bytes of `v` as 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn bytes8(v: u64) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load8(p: &[f32; 8]) -> __m256 {
+    // SAFETY: `p` is 8 readable floats and the load is unaligned.
+    unsafe { _mm256_loadu_ps(p.as_ptr()) }
+}
+
+/// Two f16 values, each broadcast to 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scales2(a: marco_quantize::blocks::LeF16, b: marco_quantize::blocks::LeF16) -> (__m256, __m256) {
+    let bits = a.bits() as u32 | (b.bits() as u32) << 16;
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    (
+        _mm256_broadcastss_ps(both),
+        _mm256_broadcastss_ps(_mm_movehdup_ps(both)),
+    )
 }

@@ -1,0 +1,51 @@
+//! Buffers for weights the CPU backend copies (repacked rows): anonymous memory asking the
+//! OS for 2 MiB pages.
+//!
+//! Why not a `Vec`: decoding streams every weight once per token, and with 4 KiB pages that
+//! is a TLB miss every 4 KiB. On Linux a large `Vec` gets huge pages only when the OS
+//! happens to have them free (the usual `defrag=madvise` setting); `MADV_HUGEPAGE` lets it
+//! compact memory for them. Measured here: the repacked 1.5B model decoded ~8% slower from
+//! 4 KiB pages than the mapped file (whose page cache used large folios).
+
+use anyhow::{Context, Result};
+use memmap2::MmapMut;
+
+/// Size and alignment of a huge page (x86-64 and aarch64 Linux with 4 KiB base pages).
+const HUGE: usize = 2 << 20;
+
+/// `len` zeroed bytes, 2 MiB-aligned, with huge pages requested for the whole 2 MiB pages
+/// inside it.
+pub struct WeightBuf {
+    map: MmapMut,
+    start: usize,
+    len: usize,
+}
+
+impl WeightBuf {
+    pub fn zeroed(len: usize) -> Result<WeightBuf> {
+        let total = len
+            .checked_add(HUGE)
+            .context("weight buffer size overflows")?;
+        let map = MmapMut::map_anon(total)
+            .with_context(|| format!("cannot allocate {len} bytes for repacked weights"))?;
+        let start = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
+        // Only whole huge pages inside the buffer: a last partial one would be resident in full.
+        let whole = len / HUGE * HUGE;
+        #[cfg(target_os = "linux")]
+        if whole > 0 {
+            // A hint: without it the buffer works the same, on small pages.
+            let _ = map.advise_range(memmap2::Advice::HugePage, start, whole);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = whole;
+        Ok(WeightBuf { map, start, len })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map[self.start..self.start + self.len]
+    }
+}
