@@ -175,7 +175,12 @@ fn dot_chunks_matches_reference() {
     use marco_quantize::chunks::{pack_row, supports, ActChunks};
     let mut rng = Rng(0xc4c4_0001_2345_6789);
     let mut checked = 0;
-    for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+    ] {
         for cols in [128, 256, 384, 896, 1536, 4864, 8960] {
             if ty == GgmlType::Q4_K && cols % 256 != 0 {
                 assert!(!supports(ty, cols));

@@ -123,11 +123,18 @@ impl GgufFile {
     /// (they stay in the page cache, and a later read maps them back in). A no-op for
     /// files held in memory, and a best effort: a refusal from the OS changes nothing else.
     pub fn release_data(&self, info: &TensorInfo) {
+        self.release_data_range(info, 0..info.n_bytes as usize);
+    }
+
+    /// [`release_data`](Self::release_data) for bytes `range` of the data of `info` (cut to
+    /// the data's length).
+    pub fn release_data_range(&self, info: &TensorInfo, range: std::ops::Range<usize>) {
         let Backing::Mmap(map) = &self.backing else {
             return;
         };
-        let start = self.header.data_start + info.offset as usize;
-        let end = start + info.n_bytes as usize;
+        let base = self.header.data_start + info.offset as usize;
+        let end = base + range.end.min(info.n_bytes as usize);
+        let start = base + range.start.min(end - base);
         // The page size is not known here: the common ones in turn, until the OS accepts.
         for page in [4096, 16384, 65536] {
             let (first, last) = (start.next_multiple_of(page), end / page * page);

@@ -236,7 +236,7 @@ impl Backend for CpuBackend {
             let w = &self.weights[i];
             let chunked = self.kernels.has_chunks(w.ty, w.cols);
             copy_weight(&self.pool, w, chunked, out, offset);
-            // The copy replaces the mapped rows: their pages need not stay in our memory.
+            // The pages that straddled two tasks' rows.
             w.file.release_data(&w.file.tensors()[w.tensor]);
         }
         let buf = Arc::new(buf);
@@ -541,14 +541,20 @@ fn copy_weight(pool: &ThreadPool, w: &CpuWeight, chunked: bool, out: SharedMut<u
         // SAFETY: the caller reserved rows·row_bytes bytes at `offset` for this weight; each
         // task owns rows r0..r1 of them.
         let d = unsafe { out.slice(offset + r0 * rb, (r1 - r0) * rb) };
-        let src = &src[r0 * rb..r1 * rb];
-        if !chunked {
-            d.copy_from_slice(src);
-            return;
+        let span = r0 * rb..r1 * rb;
+        if chunked {
+            for (s, d) in src[span.clone()]
+                .chunks_exact(rb)
+                .zip(d.chunks_exact_mut(rb))
+            {
+                chunks::pack_row(ty, s, d);
+            }
+        } else {
+            d.copy_from_slice(&src[span.clone()]);
         }
-        for (s, d) in src.chunks_exact(rb).zip(d.chunks_exact_mut(rb)) {
-            chunks::pack_row(ty, s, d);
-        }
+        // The copy replaces these mapped rows: their pages leave our memory now, so the peak
+        // holds one copy of the weights, not two.
+        w.file.release_data_range(&w.file.tensors()[w.tensor], span);
     });
 }
 
