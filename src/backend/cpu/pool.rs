@@ -9,8 +9,8 @@
 //! - the counter carries the job's generation, so a late worker can never claim a task of a newer
 //!   job with an older job's closure;
 //! - idle workers spin only briefly, then sleep on a condition variable;
-//! - when the caller keeps waiting on workers that hold a task but have lost their core (a
-//!   busy neighbour), the pool runs alone for a while, then tries its workers again.
+//! - when the workers stop paying off (they hold tasks but keep losing their core to a busy
+//!   neighbour), the pool runs alone for a while, then tries its workers again.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -51,25 +51,34 @@ pub struct ThreadPool {
     stalls: std::cell::Cell<StallWindow>,
 }
 
-/// Time the caller spent waiting for other threads' tasks, over a window of jobs.
+/// Whether the workers pay off, measured over windows of `WINDOW_JOBS` jobs of more than
+/// one task (the same mix of ops either way: decoding repeats the same jobs every token).
 #[derive(Clone, Copy, Default)]
 struct StallWindow {
     jobs: u32,
-    waited: Duration,
     total: Duration,
-    /// Until when jobs run on the caller's thread alone.
+    /// Per job: the caller's own running time scaled to all of the job's tasks.
+    alone: Duration,
+    /// Until when jobs run on the caller's thread alone (then the window runs on until it is
+    /// full, so each solo stretch measures one whole window).
     solo_until: Option<Instant>,
-    /// Windows in a row that waited too much (each doubles the next solo stretch).
+    /// How long the last solo window took.
+    last_solo: Option<Duration>,
+    /// Windows in a row where the workers did not pay off (each doubles the next solo
+    /// stretch).
     stalled_windows: u32,
 }
 
 /// Jobs per measurement window.
 const WINDOW_JOBS: u32 = 256;
-/// Waiting for more than this share of a window's time means the workers keep losing their
-/// cores: on a quiet machine the caller waits at most for one task at the end of a job.
-const STALL_SHARE: f64 = 0.25;
-/// Jobs then run alone for this long (a few decoded tokens) before the workers are tried
-/// again; each window in a row that still waits too much doubles it, up to
+/// With the workers, a window must take less than this share of the last solo window.
+const PAYOFF: f64 = 0.97;
+/// Before any solo window, an estimate decides when to try one: the caller's own time per task
+/// times all tasks. It runs high (with the workers, the caller shares the memory bandwidth),
+/// so two threads on a quiet machine measure about 0.5 of it, and a trial is cheap.
+const TRY_SOLO: f64 = 0.65;
+/// Jobs then run alone for at least this long (a few decoded tokens) before the workers are
+/// tried again; each window in a row where they still do not pay off doubles it, up to
 /// `SOLO << MAX_BACKOFF` (1.6 s), so a neighbour that stays busy costs few trial windows.
 const SOLO: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: u32 = 5;
@@ -119,9 +128,15 @@ impl ThreadPool {
         if n_tasks == 0 {
             return;
         }
-        let solo = |until: Option<Instant>| until.is_some_and(|u| Instant::now() < u);
-        if self.n_threads == 1 || n_tasks == 1 || solo(self.stalls.get().solo_until) {
+        if self.n_threads == 1 || n_tasks == 1 {
             (0..n_tasks).for_each(|t| f(t, 0));
+            return;
+        }
+        if self.stalls.get().solo_until.is_some() {
+            let started = Instant::now();
+            (0..n_tasks).for_each(|t| f(t, 0));
+            let total = started.elapsed();
+            self.note_job(total, total);
             return;
         }
         let started = Instant::now();
@@ -140,46 +155,68 @@ impl ThreadPool {
             s.claim.store((generation as u64) << 32, Ordering::Release);
         }
         s.wake.notify_all();
-        run_tasks(s, generation, n_tasks, f, 0);
-        let own_done = Instant::now();
+        let own_tasks = run_tasks(s, generation, n_tasks, f, 0);
+        // Tasks of a job are about the same size: alone, the caller would have needed its
+        // own time per task for all of them.
+        let alone = started
+            .elapsed()
+            .mul_f64(n_tasks as f64 / own_tasks.max(1) as f64);
         while s.done.load(Ordering::Acquire) < n_tasks {
             // A worker holds the last tasks; give it the core if it needs it.
             std::thread::yield_now();
         }
         s.slot.lock().unwrap().job = None;
-        self.note_stall(own_done.elapsed(), started.elapsed());
+        // (A caller that ran no task has no estimate: count the job as neutral.)
+        let total = started.elapsed();
+        self.note_job(total, if own_tasks == 0 { total } else { alone });
     }
 
-    /// Adds one job's wait to the window; a window that waited too much switches to solo.
-    fn note_stall(&self, waited: Duration, total: Duration) {
+    /// Adds one job to the window. A full window run with the workers switches to solo if
+    /// they did not pay off; a full solo window switches back once its time is up.
+    fn note_job(&self, total: Duration, alone: Duration) {
         let mut w = self.stalls.get();
         w.jobs += 1;
-        w.waited += waited;
         w.total += total;
+        w.alone += alone;
         if w.jobs >= WINDOW_JOBS {
-            let share = w.waited.as_secs_f64() / w.total.as_secs_f64().max(1e-9);
-            w = if share > STALL_SHARE {
-                StallWindow {
-                    solo_until: Some(
-                        Instant::now() + SOLO * (1 << w.stalled_windows.min(MAX_BACKOFF)),
-                    ),
-                    stalled_windows: w.stalled_windows + 1,
-                    ..StallWindow::default()
+            let now = Instant::now();
+            let secs = w.total.as_secs_f64();
+            match w.solo_until {
+                Some(until) => {
+                    w.last_solo = Some(w.total);
+                    if now >= until {
+                        w.solo_until = None;
+                    }
                 }
-            } else {
-                StallWindow::default()
-            };
+                None => {
+                    let paid_off = match w.last_solo {
+                        Some(solo) => secs < PAYOFF * solo.as_secs_f64(),
+                        None => secs < TRY_SOLO * w.alone.as_secs_f64(),
+                    };
+                    if paid_off {
+                        w.stalled_windows = 0;
+                    } else {
+                        let stretch = SOLO * (1 << w.stalled_windows.min(MAX_BACKOFF));
+                        w.solo_until = Some(now + stretch);
+                        w.stalled_windows += 1;
+                    }
+                }
+            }
+            (w.jobs, w.total, w.alone) = (0, Duration::ZERO, Duration::ZERO);
         }
         self.stalls.set(w);
     }
 }
 
-/// Claims and runs tasks of `generation` until none are left.
-fn run_tasks(s: &Shared, generation: u32, n_tasks: usize, f: &TaskFn<'_>, worker: usize) {
+/// Claims and runs tasks of `generation` until none are left; returns how many it ran.
+fn run_tasks(s: &Shared, generation: u32, n_tasks: usize, f: &TaskFn<'_>, worker: usize) -> usize {
+    let mut ran = 0;
     while let Some(task) = claim(s, generation, n_tasks) {
         f(task, worker);
         s.done.fetch_add(1, Ordering::AcqRel);
+        ran += 1;
     }
+    ran
 }
 
 fn claim(s: &Shared, generation: u32, n_tasks: usize) -> Option<usize> {
@@ -275,53 +312,62 @@ mod tests {
         }
     }
 
-    /// A window in which the caller mostly waited on workers switches the pool to running
-    /// jobs on the caller's thread alone for `SOLO`, twice as long after each such window in
-    /// a row, and back to the workers after that time or a window without long waits.
+    /// The switch between the workers and solo: a window whose estimate says the workers do
+    /// not pay off starts a solo stretch; a full solo window after its time is up sets the
+    /// reference and goes back to the workers; with the workers slower than that reference
+    /// the next stretch is twice as long; faster, the pool keeps its workers.
     #[test]
-    fn long_waits_switch_to_solo_and_back() {
+    fn workers_that_do_not_pay_off_switch_to_solo_and_back() {
         let pool = ThreadPool::new(2);
-        let solo_left = || {
-            let until = pool.stalls.get().solo_until;
-            until.map_or(Duration::ZERO, |u| {
-                u.saturating_duration_since(Instant::now())
-            })
-        };
-        let stall_window = || {
+        let window = |total_us: u64, alone_us: u64| {
             for _ in 0..WINDOW_JOBS {
-                pool.note_stall(Duration::from_millis(3), Duration::from_millis(4));
+                let (t, a) = (
+                    Duration::from_micros(total_us),
+                    Duration::from_micros(alone_us),
+                );
+                pool.note_job(t, a);
             }
         };
-        for i in 0..MAX_BACKOFF + 2 {
-            stall_window();
-            let want = SOLO * (1 << i.min(MAX_BACKOFF));
-            let left = solo_left();
-            assert!(
-                left <= want && left > want / 2,
-                "window {i}: {left:?} of {want:?}"
-            );
-        }
-        // A quiet window resets the backoff.
-        for _ in 0..WINDOW_JOBS {
-            pool.note_stall(Duration::from_micros(1), Duration::from_micros(100));
-        }
-        assert_eq!(pool.stalls.get().stalled_windows, 0);
-        assert_eq!(solo_left(), Duration::ZERO);
-        stall_window();
-        assert!(solo_left() > SOLO / 2);
+        let solo_left = || {
+            let until = pool.stalls.get().solo_until;
+            until.map(|u| u.saturating_duration_since(Instant::now()))
+        };
+        // Two threads at half the caller's estimate: they pay off.
+        window(50, 100);
+        assert_eq!(solo_left(), None);
+        // At the estimate: try solo.
+        window(100, 100);
+        assert!(solo_left().is_some_and(|l| l > SOLO / 2 && l <= SOLO));
+        // Solo jobs run on the caller alone.
         let on_worker = AtomicUsize::new(0);
-        while solo_left() > Duration::from_millis(1) {
-            pool.run(64, &|_, w| {
-                on_worker.fetch_add(usize::from(w != 0), Ordering::Relaxed);
-            });
-        }
+        pool.run(64, &|_, w| {
+            on_worker.fetch_add(usize::from(w != 0), Ordering::Relaxed);
+        });
         assert_eq!(
             on_worker.load(Ordering::Relaxed),
             0,
-            "solo jobs ran on a worker"
+            "a solo job ran on a worker"
         );
-        std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(solo_left(), Duration::ZERO);
+        // A full solo window before the time is up stays solo; after it, back to the workers.
+        window(80, 80);
+        assert!(solo_left().is_some());
+        std::thread::sleep(SOLO);
+        window(80, 80);
+        assert_eq!(solo_left(), None);
+        assert_eq!(
+            pool.stalls.get().last_solo,
+            Some(Duration::from_micros(80 * 256))
+        );
+        // Slower than solo with the workers: a stretch twice as long.
+        window(90, 200);
+        assert!(solo_left().is_some_and(|l| l > SOLO && l <= 2 * SOLO));
+        std::thread::sleep(2 * SOLO);
+        window(80, 80);
+        assert_eq!(solo_left(), None);
+        // Faster: the workers stay, and the backoff resets.
+        window(60, 200);
+        assert_eq!(solo_left(), None);
+        assert_eq!(pool.stalls.get().stalled_windows, 0);
     }
 
     #[test]
