@@ -119,10 +119,14 @@ fn weight_bytes_per_token(path: &std::path::Path) -> Result<u64> {
 }
 
 /// Best read bandwidth (bytes/s) of `n_threads` threads each summing its share of a 1 GiB
-/// buffer (far beyond any cache), over a few runs.
-fn read_bandwidth(n_threads: usize) -> f64 {
+/// buffer (far beyond any cache) in the same kind of memory as the CPU backend's weights
+/// (2 MiB pages), over a few runs.
+fn read_bandwidth(n_threads: usize) -> Result<f64> {
     const WORDS: usize = (1 << 30) / 8;
-    let buf = vec![1u64; WORDS];
+    let mut mem = marco::backend::cpu::memory::WeightBuf::zeroed(WORDS * 8)?;
+    mem.as_mut_slice().fill(1);
+    let bytes = mem.as_slice();
+    let buf = &bytes.as_chunks::<8>().0[..WORDS];
     let share = WORDS.div_ceil(n_threads.max(1));
     let mut best = 0.0f64;
     for _ in 0..5 {
@@ -135,8 +139,8 @@ fn read_bandwidth(n_threads: usize) -> f64 {
                     s.spawn(move || {
                         let mut acc = [0u64; 8];
                         for c in part.as_chunks::<8>().0 {
-                            for (a, &v) in acc.iter_mut().zip(c) {
-                                *a = a.wrapping_add(v);
+                            for (a, v) in acc.iter_mut().zip(c) {
+                                *a = a.wrapping_add(u64::from_ne_bytes(*v));
                             }
                         }
                         acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
@@ -148,7 +152,7 @@ fn read_bandwidth(n_threads: usize) -> f64 {
         std::hint::black_box(total);
         best = best.max((WORDS * 8) as f64 / t0.elapsed().as_secs_f64());
     }
-    best
+    Ok(best)
 }
 
 fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]) -> Result<()> {
@@ -161,7 +165,7 @@ fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]
     println!("| threads | read bandwidth | test | weights read | share of bandwidth |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for &t in threads {
-        let bw = read_bandwidth(t);
+        let bw = read_bandwidth(t)?;
         for s in samples
             .iter()
             .filter(|s| s.n_threads == t && s.n_prompt == 0)

@@ -6,7 +6,7 @@ mod attend;
 mod elementwise;
 pub mod gemm;
 pub mod kernels;
-mod memory;
+pub mod memory;
 pub mod pool;
 mod simd;
 
