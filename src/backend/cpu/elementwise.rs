@@ -1,7 +1,8 @@
-//! Element-wise CPU work written once as plain loops and compiled per instruction set
-//! (`#[target_feature]` wrappers), so LLVM vectorizes them: SwiGLU with a polynomial `exp`,
-//! and the quantization of activations to 8-bit blocks (whose `round` is a libm call in the
-//! baseline build and two vector instructions with SSE4.1 and up).
+//! Element-wise CPU work: SwiGLU with a polynomial `exp`, written once as a plain loop and
+//! compiled per instruction set (`#[target_feature]` wrappers) so LLVM vectorizes it; and the
+//! quantization of activations to 8-bit blocks, whose `round` (halves away from zero, C's
+//! `roundf`) no x86 instruction does, so LLVM calls libm per value: on AVX-512 it is written
+//! out with intrinsics (truncate, then step away from zero where the fraction is ≥ 0.5).
 
 use marco_quantize::act::{quantize_activations, BlockQ8x32};
 
@@ -62,14 +63,51 @@ pub fn quantize_portable(x: &[f32], out: &mut [BlockQ8x32]) {
     quantize_activations(x, out)
 }
 
-/// [`quantize_activations`] compiled for AVX-512 (same results: `round` is exact either way).
+/// [`quantize_activations`] in AVX-512 intrinsics, with the same results bit for bit: the
+/// same `amax` (NaNs ignored, as `f32::max` does), `d` and `1/d`, products rounded half away
+/// from zero (`t = trunc(v)`, plus `±1` where `|v - t| ≥ 0.5`, exact for `|v| < 2^23`), NaN
+/// quants 0 and out-of-range ones saturated, as the scalar `as i8` does.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW and AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
-    quantize_activations(x, out)
+    use std::arch::x86_64::*;
+    for (src, o) in x.as_chunks::<32>().0.iter().zip(out) {
+        // SAFETY: `src` is 32 readable floats; the loads are unaligned.
+        let v = unsafe {
+            [
+                _mm512_loadu_ps(src.as_ptr()),
+                _mm512_loadu_ps(src.as_ptr().add(16)),
+            ]
+        };
+        // max(|v|, m) keeps m where v is NaN.
+        let m = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps());
+        let m = _mm512_max_ps(_mm512_abs_ps(v[1]), m);
+        let d = _mm512_reduce_max_ps(m) / 127.0;
+        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let q = v.map(|v| {
+            let v = _mm512_mul_ps(v, id);
+            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+            let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+            let step = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0)), _mm512_set1_ps(1.0));
+            let r = _mm512_mask_add_ps(t, away, t, step);
+            // NaN → 0; the conversion saturates like `as i8` (|r| ≤ 127 in practice).
+            let is_num = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+            _mm512_maskz_cvttps_epi32(is_num, r)
+        });
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+        let bytes = q.map(|q| _mm512_cvtsepi32_epi8(q));
+        let mut qs = [0i8; 32];
+        // SAFETY: `qs` is 32 writable bytes; the stores are unaligned.
+        unsafe {
+            _mm_storeu_si128(qs.as_mut_ptr().cast(), bytes[0]);
+            _mm_storeu_si128(qs.as_mut_ptr().add(16).cast(), bytes[1]);
+        }
+        *o = BlockQ8x32 { d, sum, qs };
+    }
 }
 
 /// [`quantize_activations`] compiled for AVX2.
@@ -85,6 +123,47 @@ pub unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ8x32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 quantizer gives the scalar reference's blocks bit for bit, ties, NaNs,
+    /// zeros and huge values included.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn quantize_avx512_equals_the_reference() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            return; // nothing to compare on this CPU (the kernel tests cover the paths it has)
+        }
+        let mut x: Vec<f32> = (0..32 * 64)
+            .map(|i| (i as f32 * 0.7310).sin() * (1 + i % 13) as f32)
+            .collect();
+        // A block whose products land exactly on halves: amax 127 makes 1/d = 1.
+        for (j, v) in x[..32].iter_mut().enumerate() {
+            *v = (j as f32 - 16.0) + 0.5;
+        }
+        x[31] = 127.0;
+        x[40] = f32::NAN;
+        x[64..96].fill(0.0);
+        x[100] = 3.0e38;
+        x[101] = -3.0e38;
+        x[130] = f32::INFINITY;
+        let n = x.len() / 32;
+        let (mut want, mut got) = (
+            vec![BlockQ8x32::default(); n],
+            vec![BlockQ8x32::default(); n],
+        );
+        quantize_activations(&x, &mut want);
+        // SAFETY: checked above that the CPU has AVX-512 F/BW (and so AVX2 and FMA).
+        unsafe { quantize_avx512(&x, &mut got) };
+        for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.qs, w.qs, "block {b}");
+            assert_eq!(g.sum, w.sum, "block {b}");
+            assert!(
+                g.d == w.d || (g.d.is_nan() && w.d.is_nan()),
+                "block {b}: {} vs {}",
+                g.d,
+                w.d
+            );
+        }
+    }
 
     #[test]
     fn exp_poly_is_close_to_exp() {
