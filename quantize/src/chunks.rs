@@ -179,32 +179,44 @@ unsafe impl Chunk for ChunkQ4K {
     const OFFSET: i32 = 1;
     fn pack(b: &[BlockQ4K]) -> Self {
         let b = &b[0];
-        // GGUF: weight e of group g is nibble g % 2 of byte 32·(g / 2) + e.
-        let nib = |g: usize, e: usize| (b.qs[32 * (g / 2) + e] >> (4 * (g % 2))) & 0x0F;
+        // GGUF: 32-byte run c holds groups 2c (low nibbles) and 2c+1 (high), element e at
+        // byte e. Chunk: group g's 16 bytes at [g / 4][16·(g % 4)..], elements e and e + 16
+        // in the low and high nibble of byte e.
+        let mut qs = [[0u8; 64]; 2];
+        for (c, run) in b.qs.as_chunks::<32>().0.iter().enumerate() {
+            let (h, lane) = (c / 2, 32 * (c % 2));
+            let (first, second) = run.split_at(16);
+            for (e, (&lo, &hi)) in first.iter().zip(second).enumerate() {
+                qs[h][lane + e] = (lo & 0x0F) | (hi & 0x0F) << 4;
+                qs[h][lane + 16 + e] = (lo >> 4) | (hi & 0xF0);
+            }
+        }
         ChunkQ4K {
             d: b.d,
             dmin: b.dmin,
             scales: b.scales,
-            qs: std::array::from_fn(|h| {
-                std::array::from_fn(|p| {
-                    let (g, e) = (4 * h + p / 16, p % 16);
-                    nib(g, e) | nib(g, e + 16) << 4
-                })
-            }),
+            qs,
         }
     }
     fn unpack(&self, out: &mut [BlockQ4K]) {
-        // Chunk: weight e of group g is nibble e / 16 of byte [g / 4][16·(g % 4) + e % 16].
-        let nib =
-            |g: usize, e: usize| (self.qs[g / 4][16 * (g % 4) + e % 16] >> (4 * (e / 16))) & 0x0F;
+        let mut qs = [0u8; 128];
+        for (c, run) in qs.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+            let (h, lane) = (c / 2, 32 * (c % 2));
+            let (g0, g1) = (
+                &self.qs[h][lane..lane + 16],
+                &self.qs[h][lane + 16..lane + 32],
+            );
+            let (first, second) = run.split_at_mut(16);
+            for (e, (&a, &b)) in g0.iter().zip(g1).enumerate() {
+                first[e] = (a & 0x0F) | (b & 0x0F) << 4;
+                second[e] = (a >> 4) | (b & 0xF0);
+            }
+        }
         out[0] = BlockQ4K {
             d: self.d,
             dmin: self.dmin,
             scales: self.scales,
-            qs: std::array::from_fn(|i| {
-                let (c, e) = (i / 32, i % 32);
-                nib(2 * c, e) | nib(2 * c + 1, e) << 4
-            }),
+            qs,
         };
     }
 }
