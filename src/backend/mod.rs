@@ -1,8 +1,10 @@
 //! The compute backends behind one narrow interface.
 //!
 //! The model code ([`crate::model`]) only speaks this trait: it names weights and activation
-//! buffers by handle and asks for ops. The CPU backend keeps weights in the memory-mapped file;
-//! a GPU backend uploads them once. Neither the model nor the generation loop changes between them.
+//! buffers by handle and asks for ops. The CPU backend reads weights from the memory-mapped file
+//! and keeps its matmul weights in one copy made at load (2 MiB pages, re-laid for its decode
+//! kernels; the mapped pages are released); a GPU backend uploads them once. Neither the model
+//! nor the generation loop changes between them.
 
 pub mod cpu;
 pub mod gpu;
@@ -69,7 +71,8 @@ pub trait Backend: Send {
     /// Human-readable description, e.g. "cpu (avx512-vnni, 2 threads)".
     fn describe(&self) -> String;
 
-    /// Makes a tensor of `file` available to ops (zero-copy on CPU, uploaded on GPU).
+    /// Makes a tensor of `file` available to ops (a view of the mapped file on CPU until
+    /// [`prepare_matmul`](Self::prepare_matmul), uploaded on GPU).
     fn load_weight(&mut self, file: &Arc<GgufFile>, name: &str) -> Result<WeightId>;
 
     /// Says that `ws` (from [`load_weight`](Self::load_weight); repeats allowed) will be
