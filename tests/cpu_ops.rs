@@ -23,7 +23,11 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 /// A GGUF with an F32 input table `x` (`n` rows of `cols`) and a `Q4_0` matrix `w4`
 /// (`rows` × `cols`), written to a temporary file and opened.
 fn synth(cols: usize, rows: usize, n: usize) -> Arc<GgufFile> {
-    let path = std::env::temp_dir().join(format!("marco-cpu-ops-{}.gguf", std::process::id()));
+    // One file per call: the tests of this file run in parallel in one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("marco-cpu-ops-{}-{call}.gguf", std::process::id());
+    let path = std::env::temp_dir().join(name);
     let decls = vec![
         TensorDecl::new("x".to_string(), &[cols as u64, n as u64], GgmlType::F32),
         TensorDecl::new(

@@ -190,16 +190,22 @@ fn dot_chunks_matches_reference() {
             let src: Vec<f32> = (0..cols).map(|_| 0.1 * rng.unit()).collect();
             let mut quantized = vec![0u8; ty.row_bytes(cols as u64).unwrap() as usize];
             quantize_row(ty, &src, &mut quantized);
-            let mut extreme = random_row(&mut rng, ty, cols);
-            // Every quant (and Q4_K scale and min) at its maximum; the f16 scales stay finite.
+            // Every quant byte (and Q4_K scale and min byte) at 0xFF, 0x80 and 0x7F: the
+            // extremes of each type (Q8_0: -1, -128, 127); the f16 scales stay finite.
             let scales_end = if ty == GgmlType::Q4_K { 4 } else { 2 };
-            for block in extreme.chunks_exact_mut(ty.type_size()) {
-                block[scales_end..].fill(0xFF);
-            }
+            let extreme = |fill: u8, rng: &mut Rng| {
+                let mut w = random_row(rng, ty, cols);
+                for block in w.chunks_exact_mut(ty.type_size()) {
+                    block[scales_end..].fill(fill);
+                }
+                w
+            };
             for (label, w) in [
                 ("random", random_row(&mut rng, ty, cols)),
                 ("quantized", quantized),
-                ("extreme", extreme),
+                ("extreme 0xFF", extreme(0xFF, &mut rng)),
+                ("extreme 0x80", extreme(0x80, &mut rng)),
+                ("extreme 0x7F", extreme(0x7F, &mut rng)),
             ] {
                 for xq in [None, Some(127i8), Some(-127)] {
                     let mut x = random_acts(&mut rng, cols);

@@ -299,11 +299,12 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
 }
 
 /// One token's activation blocks in chunk order: per chunk the low halves of its 4 blocks
-/// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; and per
-/// chunk 16 i32 lanes holding `-Σq` of block `b` in lane `4b` (0 elsewhere), the start of
-/// the integer sums that cancels the weights' offset when shifted by its log2 (exactly: a
-/// float correction afterwards would lose the bits the offset adds); and per block `d·Σq`,
-/// for the K-quants' min terms.
+/// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; per chunk
+/// 16 i32 lanes, lane `l` holding `-Σq` over bytes `4l..4l+4` of both halves (the ones a byte
+/// dot product sums into i32 lane `l`): shifted by the log2 of the weights' offset, the start
+/// that cancels the offset exactly, lane by lane (so no lane holds more than its true partial
+/// dot, and the float sum of the lanes loses no more than the reference's); and per block
+/// `d·Σq`, for the K-quants' min terms.
 #[derive(Default, Clone)]
 pub struct ActChunks {
     pub q: Vec<[[i8; 64]; 2]>,
@@ -327,11 +328,13 @@ impl ActChunks {
         self.dsum
             .extend(chunks.iter().flatten().map(|b| b.d * b.sum as f32));
         self.neg_sums.clear();
-        self.neg_sums.extend(
-            chunks
-                .iter()
-                .map(|c| std::array::from_fn(|l| if l % 4 == 0 { -c[l / 4].sum } else { 0 })),
-        );
+        let lanes = self.q.iter().map(|q| {
+            std::array::from_fn(|l| {
+                let bytes = q[0][4 * l..4 * l + 4].iter().chain(&q[1][4 * l..4 * l + 4]);
+                -bytes.map(|&v| v as i32).sum::<i32>()
+            })
+        });
+        self.neg_sums.extend(lanes);
     }
 
     /// Chunks held.
@@ -421,7 +424,9 @@ mod tests {
         let mut total = 0.0f32;
         for (ci, c) in as_chunks::<ChunkQ8_0>(&packed).unwrap().iter().enumerate() {
             for b in 0..4 {
-                let mut s = a.neg_sums[ci][4 * b] * ChunkQ8_0::OFFSET;
+                let lanes = &a.neg_sums[ci][4 * b..4 * b + 4];
+                assert_eq!(lanes.iter().sum::<i32>(), -xq[4 * ci + b].sum);
+                let mut s = lanes.iter().sum::<i32>() * ChunkQ8_0::OFFSET;
                 for h in 0..2 {
                     for e in 0..16 {
                         let p = 16 * b + e;

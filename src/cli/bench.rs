@@ -62,6 +62,10 @@ struct Sample {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     ensure!(a.repetitions > 0, "--repetitions must be at least 1");
+    ensure!(
+        !a.bandwidth || a.backend == BackendKind::Cpu,
+        "--bandwidth measures host memory against CPU decoding: it goes with --backend cpu"
+    );
     let path = models::resolve_model(a.model.as_deref())?;
     let threads = if a.threads.is_empty() {
         vec![marco::backend::cpu::default_threads()]
@@ -100,7 +104,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     eprintln!("marco: peak RSS {}", peak_rss_text());
     if a.bandwidth {
-        print_bandwidth(&samples, &path, &threads)?;
+        // After JSON the table goes to stderr, so stdout stays one JSON document.
+        let table = bandwidth_table(&samples, &path, &threads)?;
+        if a.json {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
     }
     Ok(())
 }
@@ -155,15 +165,25 @@ fn read_bandwidth(n_threads: usize) -> Result<f64> {
     Ok(best)
 }
 
-fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]) -> Result<()> {
+fn bandwidth_table(
+    samples: &[Sample],
+    path: &std::path::Path,
+    threads: &[usize],
+) -> Result<String> {
+    use std::fmt::Write;
     let per_token = weight_bytes_per_token(path)? as f64;
-    println!();
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "Decoding reads {:.1} MB of weights per token.",
         per_token / 1e6
     );
-    println!("| threads | read bandwidth | test | weights read | share of bandwidth |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| threads | read bandwidth | test | weights read | share of bandwidth |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: |");
     for &t in threads {
         let bw = read_bandwidth(t)?;
         for s in samples
@@ -171,7 +191,8 @@ fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]
             .filter(|s| s.n_threads == t && s.n_prompt == 0)
         {
             let rate = mean_sd(&s.ts).0 * per_token;
-            println!(
+            let _ = writeln!(
+                out,
                 "| {t} | {:.1} GB/s | {} | {:.1} GB/s | {:.0}% |",
                 bw / 1e9,
                 test_name(s),
@@ -180,7 +201,7 @@ fn print_bandwidth(samples: &[Sample], path: &std::path::Path, threads: &[usize]
             );
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn run_test(

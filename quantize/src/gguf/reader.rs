@@ -129,28 +129,30 @@ impl GgufFile {
     /// [`release_data`](Self::release_data) for bytes `range` of the data of `info` (cut to
     /// the data's length).
     pub fn release_data_range(&self, info: &TensorInfo, range: std::ops::Range<usize>) {
-        let Backing::Mmap(map) = &self.backing else {
-            return;
-        };
-        let base = self.header.data_start + info.offset as usize;
-        let end = base + range.end.min(info.n_bytes as usize);
-        let start = base + range.start.min(end - base);
-        // The page size is not known here: the common ones in turn, until the OS accepts.
-        for page in [4096, 16384, 65536] {
-            let (first, last) = (start.next_multiple_of(page), end / page * page);
-            if last <= first {
-                return;
-            }
-            // SAFETY: DONTNEED on a read-only private file mapping drops our page-table
-            // entries; the bytes read back from the file are unchanged (nothing was written),
-            // so no reference into the map sees different data. The range is inside the map.
-            let advised = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
-            };
-            if advised.is_ok() {
-                return;
+        // The largest common page size (the OS rounds a range's start down to its own page
+        // size; on 64 KiB boundaries that rounding changes nothing on 4, 16 or 64 KiB pages).
+        const GRANULE: usize = 64 << 10;
+        #[cfg(unix)]
+        if let Backing::Mmap(map) = &self.backing {
+            let base = self.header.data_start + info.offset as usize;
+            let end = base + range.end.min(info.n_bytes as usize);
+            let start = base + range.start.min(end - base);
+            let (first, last) = (start.next_multiple_of(GRANULE), end / GRANULE * GRANULE);
+            if last > first {
+                // SAFETY: DONTNEED on a read-only mapping of the file drops our page-table
+                // entries only: the bytes read back from the file are unchanged, so no
+                // reference into the map sees different data. The range is inside the map.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        first,
+                        last - first,
+                    )
+                };
             }
         }
+        #[cfg(not(unix))]
+        let _ = (info, range, GRANULE);
     }
 
     /// The data of `info`, which must come from this file's [`tensors`](Self::tensors).

@@ -66,7 +66,8 @@ pub fn quantize_portable(x: &[f32], out: &mut [BlockQ8x32]) {
 /// [`quantize_activations`] in AVX-512 intrinsics, with the same results bit for bit: the
 /// same `amax` (NaNs ignored, as `f32::max` does), `d` and `1/d`, products rounded half away
 /// from zero (`t = trunc(v)`, plus `±1` where `|v - t| ≥ 0.5`, exact for `|v| < 2^23`), NaN
-/// quants 0 and out-of-range ones saturated, as the scalar `as i8` does.
+/// quants 0 and out-of-range ones (infinite when `1/d` overflows) saturated, as the scalar
+/// `as i8` does.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW and AVX2.
@@ -94,7 +95,12 @@ pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
             let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
             let step = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0)), _mm512_set1_ps(1.0));
             let r = _mm512_mask_add_ps(t, away, t, step);
-            // NaN → 0; the conversion saturates like `as i8` (|r| ≤ 127 in practice).
+            // Saturate like `as i8` (±inf when a block's amax is so tiny that 1/d overflows),
+            // and NaN → 0.
+            let r = _mm512_min_ps(
+                _mm512_max_ps(r, _mm512_set1_ps(-128.0)),
+                _mm512_set1_ps(127.0),
+            );
             let is_num = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
             _mm512_maskz_cvttps_epi32(is_num, r)
         });
@@ -145,6 +151,14 @@ mod tests {
         x[100] = 3.0e38;
         x[101] = -3.0e38;
         x[130] = f32::INFINITY;
+        // A block so small that 1/d overflows to infinity: the quants saturate.
+        for (j, v) in x[160..192].iter_mut().enumerate() {
+            *v = if j % 3 == 0 {
+                0.0
+            } else {
+                1e-38 * (j as f32 - 16.0)
+            };
+        }
         let n = x.len() / 32;
         let (mut want, mut got) = (
             vec![BlockQ8x32::default(); n],

@@ -4,8 +4,8 @@
 //! Why not a `Vec`: decoding streams every weight once per token, and with 4 KiB pages that
 //! is a TLB miss every 4 KiB. On Linux a large `Vec` gets huge pages only when the OS
 //! happens to have them free (the usual `defrag=madvise` setting); `MADV_HUGEPAGE` lets it
-//! compact memory for them. Measured here: the repacked 1.5B model decoded ~8% slower from
-//! 4 KiB pages than the mapped file (whose page cache used large folios).
+//! compact memory for them. Measured here: one-thread decoding of the default model went from
+//! 45 to 53 tokens/s when its weights moved to 2 MiB pages.
 
 use anyhow::{Context, Result};
 use memmap2::MmapMut;

@@ -1,6 +1,7 @@
-//! The CPU backend: weights stay quantized in the memory-mapped GGUF (or, for the types its
-//! kernels decode from four-block chunks, in a repacked copy made once at load); activations
-//! are quantized to 8-bit blocks so the inner loops are integer dot products.
+//! The CPU backend: weights stay quantized. Matmul weights are copied once at load into one
+//! buffer in 2 MiB pages (repacked into four-block chunks for the types its kernels decode that
+//! way) and their mapped pages released; other tensors are read from the memory-mapped GGUF.
+//! Activations are quantized to 8-bit blocks so the inner loops are integer dot products.
 
 mod attend;
 mod elementwise;
@@ -64,7 +65,7 @@ impl CpuWeight {
     }
     /// The rows in the GGUF layout (for weights that are not chunks).
     fn bytes(&self) -> &[u8] {
-        debug_assert!(
+        assert!(
             !self.is_chunked(),
             "internal: GGUF rows of a chunked weight"
         );

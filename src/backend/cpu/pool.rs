@@ -62,7 +62,7 @@ struct StallWindow {
     /// Until when jobs run on the caller's thread alone (then the window runs on until it is
     /// full, so each solo stretch measures one whole window).
     solo_until: Option<Instant>,
-    /// How long the last solo window took.
+    /// How long the solo window just before took (for the next window with the workers).
     last_solo: Option<Duration>,
     /// Windows in a row where the workers did not pay off (each doubles the next solo
     /// stretch).
@@ -189,7 +189,9 @@ impl ThreadPool {
                     }
                 }
                 None => {
-                    let paid_off = match w.last_solo {
+                    // The solo window serves the trial right after it only: later windows may
+                    // hold other work (a prompt's jobs, not a token's).
+                    let paid_off = match w.last_solo.take() {
                         Some(solo) => secs < PAYOFF * solo.as_secs_f64(),
                         None => secs < TRY_SOLO * w.alone.as_secs_f64(),
                     };

@@ -5,7 +5,8 @@
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
 //! with the four `d_w·d_x` broadcast per lane add all four blocks. Nothing is reduced
 //! horizontally until the row ends. The quant offsets (`w = d·(q - o)`) come out of the
-//! integer sums exactly: each block's sum starts at `-o·Σx` (`ActChunks::neg_sums`, shifted).
+//! integer sums exactly: each i32 lane starts at `-o·Σx` over the 8 activations it meets
+//! (`ActChunks::neg_sums`, shifted), so it ends at its true partial dot.
 
 use std::arch::x86_64::*;
 
