@@ -103,6 +103,8 @@ pub struct CpuBackend {
     weights: Vec<CpuWeight>,
     bufs: Vec<Vec<f32>>,
     act_q8: Vec<BlockQ8x32>,
+    /// A weight row unpacked from chunks (`embed` of a repacked table).
+    row_buf: Vec<u8>,
     /// One token's activations in chunk order, for the chunked weights.
     act_chunks: ActChunks,
     /// One token's activations as `Q8_K` bytes, for the K-quant kernels.
@@ -133,6 +135,7 @@ impl CpuBackend {
             weights: Vec::new(),
             bufs: Vec::new(),
             act_q8: Vec::new(),
+            row_buf: Vec::new(),
             act_chunks: ActChunks::default(),
             packed: PackedActs::default(),
             act_q8k: Vec::new(),
@@ -271,7 +274,8 @@ impl Backend for CpuBackend {
     fn embed(&mut self, table: WeightId, ids: &[u32], out: BufId) -> Result<()> {
         let w = &self.weights[table.0];
         let out = &mut self.bufs[out.0];
-        let mut buf = Vec::new();
+        // (Kept between calls: a chunked table, tied to the output, unpacks rows into it.)
+        let buf = &mut self.row_buf;
         for (t, &id) in ids.iter().enumerate() {
             ensure!(
                 (id as usize) < w.rows,
@@ -280,7 +284,7 @@ impl Backend for CpuBackend {
             );
             dequantize_row(
                 w.ty,
-                w.row_in(id as usize, &mut buf),
+                w.row_in(id as usize, buf),
                 &mut out[t * w.cols..(t + 1) * w.cols],
             );
         }
