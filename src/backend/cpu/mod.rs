@@ -749,12 +749,16 @@ impl MatCtx<'_> {
         });
     }
 
+    /// A job's bias, if it has one.
+    fn bias(&self, j: &MatJob) -> Option<&[f32]> {
+        j.bias
+            .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]))
+    }
+
     /// One token against chunked rows `r0..r1`.
     fn chunk_rows(&self, job: usize, w: &CpuWeight, packed: &[u8], r0: usize, r1: usize) {
         let j = &self.jobs[job];
-        let bias = j
-            .bias
-            .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
+        let bias = self.bias(j);
         let rb = w.row_bytes;
         for r in r0..r1 {
             let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
@@ -768,9 +772,7 @@ impl MatCtx<'_> {
 
     fn run_rows_on(&self, job: usize, w: &RowView, r0: usize, r1: usize) {
         let j = &self.jobs[job];
-        let bias = j
-            .bias
-            .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]));
+        let bias = self.bias(j);
         let out = self.outs[job];
         let nb = w.cols / QK32;
         let acc = j.accumulate;

@@ -22,21 +22,9 @@ use marco_quantize::GgmlType;
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks) -> Option<f32> {
     Some(match ty {
-        GgmlType::Q4_0 => row::<ChunkQ4_0>(as_chunks(w)?, x, |c| {
-            let q = load512(&c.qs);
-            let m = _mm512_set1_epi8(0x0F);
-            (
-                _mm512_and_si512(q, m),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m),
-            )
-        })?,
+        GgmlType::Q4_0 => row::<ChunkQ4_0>(as_chunks(w)?, x, |c| nibbles(&c.qs))?,
         GgmlType::Q5_0 => row::<ChunkQ5_0>(as_chunks(w)?, x, |c| {
-            let q = load512(&c.qs);
-            let m = _mm512_set1_epi8(0x0F);
-            let (lo, hi) = (
-                _mm512_and_si512(q, m),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(q), m),
-            );
+            let (lo, hi) = nibbles(&c.qs);
             // The fifth bits are byte masks as stored: +16 where set.
             let s = _mm512_set1_epi8(16);
             let (klo, khi) = (u64::from_le_bytes(c.qh[0]), u64::from_le_bytes(c.qh[1]));
@@ -58,6 +46,18 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks) -> Option<f32> {
 fn load512<T>(p: &[T; 64]) -> __m512i {
     // SAFETY: `p` is 64 readable bytes (T is a byte type) and the load is unaligned.
     unsafe { _mm512_loadu_si512(p.as_ptr().cast()) }
+}
+
+/// The low and the high nibbles of 64 bytes (a chunk's low and high halves).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 64]) -> (__m512i, __m512i) {
+    let q = load512(qs);
+    let low4 = _mm512_set1_epi8(0x0F);
+    (
+        _mm512_and_si512(q, low4),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4),
+    )
 }
 
 #[inline]
@@ -117,7 +117,7 @@ fn row<C: Chunk + Scales>(
     Some(_mm512_reduce_add_ps(_mm512_add_ps(even, odd)))
 }
 
-/// One chunk added to the accumulators of the dots and of the offset terms.
+/// One chunk added to the accumulator (the offsets cancel inside the integer sums).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn chunk<C: Chunk + Scales>(
@@ -157,7 +157,6 @@ fn q4_k(w: &[ChunkQ4K], x: &ActChunks) -> Option<f32> {
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
         _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
     ];
-    let low4 = _mm512_set1_epi8(0x0F);
     let (mut acc, mut mins) = ([_mm512_setzero_ps(); 2], _mm256_setzero_ps());
     for (((c, xq), xd), xs) in w.iter().zip(xq).zip(xd).zip(xs) {
         let (sc, m) = k4_scales_mins(&c.scales);
@@ -166,9 +165,7 @@ fn q4_k(w: &[ChunkQ4K], x: &ActChunks) -> Option<f32> {
         let scale = _mm512_castps256_ps512(scale);
         mins = _mm256_fmadd_ps(_mm256_mul_ps(bytes8(m), dmin), load8(xs), mins);
         for (h, acc) in acc.iter_mut().enumerate() {
-            let q = load512(&c.qs[h]);
-            let lo = _mm512_and_si512(q, low4);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
+            let (lo, hi) = nibbles(&c.qs[h]);
             let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load512(&xq[h][0]));
             let s = _mm512_dpbusd_epi32(s, hi, load512(&xq[h][1]));
             let lanes = _mm512_permutexvar_ps(spread[h], scale);
