@@ -117,7 +117,8 @@ fn kernel_sets() -> Vec<Kernels> {
 #[test]
 fn prepared_matmul_weights_give_the_same_products() {
     let model = Arc::new(GgufFile::open(&common::default_model_path()).unwrap());
-    let small = synth(256, 40, 20);
+    // An odd row count: the last row is packed alone, not in a pair.
+    let small = synth(256, 41, 20);
     let inputs_896 = synth(896, 8, 20);
     let inputs_4864 = synth(4864, 8, 20);
     let down = |ty| {
@@ -171,7 +172,7 @@ fn prepared_matmul_weights_give_the_same_products() {
 
 #[test]
 fn a_prepared_table_embeds_the_same_rows() {
-    let small = synth(256, 40, 1);
+    let small = synth(256, 41, 1);
     for k in kernel_sets() {
         let rows = |prepare: bool| {
             let mut be = CpuBackend::with_kernels(1, k);
@@ -179,9 +180,10 @@ fn a_prepared_table_embeds_the_same_rows() {
             if prepare {
                 be.prepare_matmul(&[w, w]).unwrap();
             }
-            let buf = be.alloc(3 * 256).unwrap();
-            be.embed(w, &[0, 39, 7], buf).unwrap();
-            let mut y = vec![0.0; 3 * 256];
+            // Both rows of a pair, and the last row, which is alone.
+            let buf = be.alloc(4 * 256).unwrap();
+            be.embed(w, &[0, 39, 40, 7], buf).unwrap();
+            let mut y = vec![0.0; 4 * 256];
             be.read(buf, 0, &mut y).unwrap();
             y
         };

@@ -172,7 +172,7 @@ fn dot_q8_matches_reference_on_quantized_rows() {
 /// layout takes.
 #[test]
 fn dot_chunks_matches_reference() {
-    use marco_quantize::chunks::{pack_row, supports, ActChunks};
+    use marco_quantize::chunks::{pack_rows, supports, ActChunks};
     let mut rng = Rng(0xc4c4_0001_2345_6789);
     let mut checked = 0;
     for ty in [
@@ -218,11 +218,13 @@ fn dot_chunks_matches_reference() {
                     let want = vec_dot_q8(ty, &w, &x);
                     let terms = abs_terms(ty, &w, &x);
                     let mut packed = vec![0u8; w.len()];
-                    assert!(pack_row(ty, &w, &mut packed));
+                    assert!(pack_rows(ty, w.len(), &w, &mut packed));
                     let mut acts = ActChunks::default();
                     acts.fill(&x);
                     for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
-                        let got = k.dot_chunks(ty, &packed, &acts);
+                        let mut got = [f32::NAN];
+                        k.dot_chunks(ty, &packed, &acts, &mut got);
+                        let got = got[0];
                         let what = format!("{} {ty} {label} cols={cols} x={xq:?}", k.name());
                         check_close(&what, got, want, terms);
                         checked += 1;
@@ -233,6 +235,57 @@ fn dot_chunks_matches_reference() {
     }
     // On a CPU without a chunk path there is nothing to check (the backend then keeps the
     // GGUF layout); this machine has one.
+    if kernel_sets()
+        .iter()
+        .any(|k| k.has_chunks(GgmlType::Q5_0, 896))
+    {
+        assert!(checked > 0);
+    }
+}
+
+/// Runs of chunked rows in one call (pairs of alternating chunks, an odd count ending with a
+/// row alone, runs starting at a later pair, more than one reduction group of 16): each
+/// output against the reference on its own row.
+#[test]
+fn dot_chunks_over_runs_of_rows_matches_reference() {
+    use marco_quantize::chunks::{pack_rows, ActChunks};
+    let mut rng = Rng(0xc4c4_0002_9876_5431);
+    let mut checked = 0;
+    for (ty, cols) in [
+        (GgmlType::Q5_0, 896),
+        (GgmlType::Q8_0, 128),
+        (GgmlType::Q4_0, 384),
+        (GgmlType::Q4_K, 512),
+        (GgmlType::Q4_K, 256),
+    ] {
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let x = random_acts(&mut rng, cols);
+        let mut acts = ActChunks::default();
+        acts.fill(&x);
+        for n_rows in [1, 2, 3, 16, 17, 35] {
+            let w = random_row(&mut rng, ty, cols * n_rows);
+            let mut packed = vec![0u8; w.len()];
+            assert!(pack_rows(ty, rb, &w, &mut packed));
+            for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
+                // The whole run, then the run from the second pair on.
+                for first in [0, 2].into_iter().filter(|&f| f < n_rows) {
+                    let mut got = vec![f32::NAN; n_rows - first];
+                    k.dot_chunks(ty, &packed[first * rb..], &acts, &mut got);
+                    for (i, &g) in got.iter().enumerate() {
+                        let row = &w[(first + i) * rb..(first + i + 1) * rb];
+                        let want = vec_dot_q8(ty, row, &x);
+                        let what = format!(
+                            "{} {ty} cols={cols} rows={n_rows} row {}",
+                            k.name(),
+                            first + i
+                        );
+                        check_close(&what, g, want, abs_terms(ty, row, &x));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
     if kernel_sets()
         .iter()
         .any(|k| k.has_chunks(GgmlType::Q5_0, 896))
@@ -438,6 +491,8 @@ fn bench_dot_q8_throughput() {
         (GgmlType::Q5_0, 4864, 896),
         (GgmlType::Q5_0, 896, 4864),
         (GgmlType::Q8_0, 4864, 896),
+        (GgmlType::Q8_0, 4864, 1024),
+        (GgmlType::Q8_0, 1024, 4864),
         (GgmlType::Q6_K, 896, 4864),
         (GgmlType::Q4_K, 896, 4864),
         (GgmlType::Q4_K, 8960, 1536),
@@ -517,18 +572,23 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         }
     });
     if k.has_chunks(ty, cols) {
-        let mut packed = vec![0u8; w.len() / row_bytes * row_bytes];
-        for (src, dst) in w
-            .chunks_exact(row_bytes)
-            .zip(packed.chunks_exact_mut(row_bytes))
-        {
-            marco_quantize::chunks::pack_row(ty, src, dst);
-        }
+        // In 2 MiB pages, as the CPU backend keeps repacked weights.
+        let mut packed_buf =
+            marco::backend::cpu::memory::WeightBuf::zeroed(w.len() / row_bytes * row_bytes)
+                .unwrap();
+        let packed = packed_buf.as_mut_slice();
+        let whole = packed.len();
+        marco_quantize::chunks::pack_rows(ty, row_bytes, &w[..whole], packed);
+        let packed = &*packed;
         let mut acts = marco_quantize::chunks::ActChunks::default();
         acts.fill(x1);
-        let chunked = |n_rows: usize| {
-            for r in packed.chunks_exact(row_bytes).take(n_rows) {
-                black_box(k.dot_chunks(ty, black_box(r), &acts));
+        // 64 rows to a call, as the CPU backend decodes.
+        let mut out = [0.0f32; 64];
+        let mut chunked = |n_rows: usize| {
+            for rows in packed[..n_rows * row_bytes].chunks(64 * row_bytes) {
+                let out = &mut out[..rows.len() / row_bytes];
+                k.dot_chunks(ty, black_box(rows), &acts, out);
+                black_box(&out);
             }
         };
         let l2c = best_gbs(row_bytes, l2_rows, reps, 5, || chunked(l2_rows));

@@ -329,21 +329,23 @@ impl Kernels {
         self.isa == Isa::Avx512Vnni && chunks::supports(ty, cols)
     }
 
-    /// Dot product of a chunked weight row (see [`has_chunks`](Self::has_chunks)) with one
-    /// token's activations in chunk order.
+    /// Dot products of `out.len()` chunked weight rows (see [`has_chunks`](Self::has_chunks)),
+    /// packed by `chunks::pack_rows` from a pair boundary (an odd count ends with a row packed
+    /// alone), with one token's activations in chunk order: `out[r]` for row `r`.
     ///
     /// # Panics
-    /// If this path has no chunk kernel for `ty`, or the row is longer than the activations.
+    /// If this path has no chunk kernel for `ty`, `w` is not `out.len()` rows of whole chunks,
+    /// or a row is longer than the activations.
     #[inline]
-    pub fn dot_chunks(&self, ty: GgmlType, w: &[u8], x: &ActChunks) -> f32 {
+    pub fn dot_chunks(&self, ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512Vnni {
             // SAFETY: the Kernels invariant says this CPU has AVX-512 VNNI.
-            if let Some(d) = unsafe { simd::chunks512::dot_chunks(ty, w, x) } {
-                return d;
+            if unsafe { simd::chunks512::dot_chunks(ty, w, x, out) }.is_some() {
+                return;
             }
         }
-        let _ = (w, x);
+        let _ = (w, x, out);
         panic!("dot_chunks: no chunk kernel for {ty} on {}", self.name())
     }
 

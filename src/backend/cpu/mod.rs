@@ -71,15 +71,18 @@ impl CpuWeight {
         );
         self.stored()
     }
-    /// Row `r` in the GGUF layout, unpacked from chunks into `buf` if need be.
+    /// Row `r` in the GGUF layout, unpacked from chunks into `buf` if need be (with its
+    /// pair: chunked rows are stored in pairs, see `chunks::pack_rows`).
     fn row_in<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
-        let span = r * self.row_bytes..(r + 1) * self.row_bytes;
+        let rb = self.row_bytes;
         if !self.is_chunked() {
-            return &self.stored()[span];
+            return &self.stored()[r * rb..(r + 1) * rb];
         }
-        buf.resize(self.row_bytes, 0);
-        chunks::unpack_row(self.ty, &self.stored()[span], buf);
-        buf
+        let first = r & !1;
+        let end = (first + 2).min(self.rows);
+        buf.resize((end - first) * rb, 0);
+        chunks::unpack_rows(self.ty, rb, &self.stored()[first * rb..end * rb], buf);
+        &buf[(r - first) * rb..(r - first + 1) * rb]
     }
 
     fn dense(&self) -> Result<&[f32]> {
@@ -548,12 +551,8 @@ fn copy_weight(pool: &ThreadPool, w: &CpuWeight, chunked: bool, out: SharedMut<u
         let d = unsafe { out.slice(offset + r0 * rb, (r1 - r0) * rb) };
         let span = r0 * rb..r1 * rb;
         if chunked {
-            for (s, d) in src[span.clone()]
-                .chunks_exact(rb)
-                .zip(d.chunks_exact_mut(rb))
-            {
-                chunks::pack_row(ty, s, d);
-            }
+            // ROWS_PER_TASK is even: each task starts at a pair of rows.
+            chunks::pack_rows(ty, rb, &src[span.clone()], d);
         } else {
             d.copy_from_slice(&src[span.clone()]);
         }
@@ -587,11 +586,8 @@ impl RowPlan {
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
         let rows_per_task = (total / (n_threads * 16)).clamp(4, 256);
-        let rows_per_task = if whole_tiles {
-            rows_per_task.next_multiple_of(8)
-        } else {
-            rows_per_task
-        };
+        // Even, so each task starts at a pair of chunked rows (`chunks::pack_rows`).
+        let rows_per_task = rows_per_task.next_multiple_of(if whole_tiles { 8 } else { 2 });
         let mut tasks_before = [0usize; 5];
         for i in 0..4 {
             tasks_before[i + 1] = tasks_before[i] + r[i].div_ceil(rows_per_task);
@@ -741,10 +737,8 @@ impl MatCtx<'_> {
         ROWS.with_borrow_mut(|buf| {
             let rb = w.row_bytes;
             buf.resize((r1 - r0) * rb, 0);
-            let src = &packed[r0 * rb..r1 * rb];
-            for (s, d) in src.chunks_exact(rb).zip(buf.chunks_exact_mut(rb)) {
-                chunks::unpack_row(w.ty, s, d);
-            }
+            // Tasks start at a pair of rows (RowPlan).
+            chunks::unpack_rows(w.ty, rb, &packed[r0 * rb..r1 * rb], buf);
             self.run_rows_on(job, &RowView::new(w, buf, r0), r0, r1);
         });
     }
@@ -755,18 +749,25 @@ impl MatCtx<'_> {
             .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]))
     }
 
-    /// One token against chunked rows `r0..r1`.
+    /// One token against chunked rows `r0..r1` (`r0` even: a pair boundary), a batch of rows
+    /// per kernel call.
     fn chunk_rows(&self, job: usize, w: &CpuWeight, packed: &[u8], r0: usize, r1: usize) {
+        // Even, so each batch starts at a pair of rows.
+        const BATCH: usize = 64;
         let j = &self.jobs[job];
         let bias = self.bias(j);
         let rb = w.row_bytes;
-        for r in r0..r1 {
-            let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
-            let d = self
-                .kernels
-                .dot_chunks(w.ty, &packed[r * rb..(r + 1) * rb], self.xc);
-            // SAFETY: each task owns rows r0..r1 of this output (one token).
-            unsafe { emit(self.outs[job], r, d + b, j.accumulate) };
+        let mut dots = [0.0f32; BATCH];
+        for b0 in (r0..r1).step_by(BATCH) {
+            let b1 = (b0 + BATCH).min(r1);
+            let dots = &mut dots[..b1 - b0];
+            self.kernels
+                .dot_chunks(w.ty, &packed[b0 * rb..b1 * rb], self.xc, dots);
+            for (r, &d) in (b0..b1).zip(dots.iter()) {
+                let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
+                // SAFETY: each task owns rows r0..r1 of this output (one token).
+                unsafe { emit(self.outs[job], r, d + b, j.accumulate) };
+            }
         }
     }
 
