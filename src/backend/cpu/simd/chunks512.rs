@@ -46,12 +46,17 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q4_0 => legacy::<ChunkQ4_0>(w, row_bytes, x, out, |c| nibbles(&c.qs)),
         GgmlType::Q5_0 => legacy::<ChunkQ5_0>(w, row_bytes, x, out, |c| {
             let (lo, hi) = nibbles(&c.qs);
-            // The fifth bits are byte masks as stored: +16 where set.
-            let s = _mm512_set1_epi8(16);
-            let (klo, khi) = (u64::from_le_bytes(c.qh[0]), u64::from_le_bytes(c.qh[1]));
+            // Each fifth-bit word, broadcast and lane k rotated right by k, has weight p's
+            // bit at bit 4 of byte p (`chunks::q5_bit`): OR it onto the nibble.
+            let rotate = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+            let bit4 = _mm512_set1_epi8(16);
+            let fifth = |qh: &[u8; 8]| {
+                let word = u64::from_le_bytes(*qh) as i64;
+                _mm512_rorv_epi64(_mm512_set1_epi64(word), rotate)
+            };
             (
-                _mm512_mask_add_epi8(lo, klo, lo, s),
-                _mm512_mask_add_epi8(hi, khi, hi, s),
+                _mm512_ternarylogic_epi32::<0xF8>(lo, fifth(&c.qh[0]), bit4),
+                _mm512_ternarylogic_epi32::<0xF8>(hi, fifth(&c.qh[1]), bit4),
             )
         }),
         GgmlType::Q8_0 => legacy::<ChunkQ8_0>(w, row_bytes, x, out, |c| {
