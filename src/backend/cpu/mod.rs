@@ -763,7 +763,8 @@ impl MatCtx<'_> {
             let dots = &mut dots[..b1 - b0];
             self.kernels
                 .dot_chunks(w.ty, &packed[b0 * rb..b1 * rb], self.xc, dots);
-            for (r, &d) in (b0..b1).zip(dots.iter()) {
+            for (i, &d) in dots.iter().enumerate() {
+                let r = b0 + i;
                 let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
                 // SAFETY: each task owns rows r0..r1 of this output (one token).
                 unsafe { emit(self.outs[job], r, d + b, j.accumulate) };

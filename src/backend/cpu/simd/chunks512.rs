@@ -94,16 +94,15 @@ fn rows<C: Chunk>(
 ) -> Option<()> {
     let per_row = as_chunks::<C>(w.get(..row_bytes)?)?.len();
     let all = as_chunks::<C>(w)?;
-    for (group, out) in all.chunks(16 * per_row).zip(out.chunks_mut(16)) {
+    // Index loops: `zip` over `chunks` is left as a call here (it divides for its length).
+    let n_rows = out.len();
+    for g in (0..n_rows).step_by(16) {
+        let out = &mut out[g..(g + 16).min(n_rows)];
         let mut sums = [_mm512_setzero_ps(); 16];
-        for (pair, run) in sums
-            .as_chunks_mut::<2>()
-            .0
-            .iter_mut()
-            .zip(group.chunks(2 * per_row))
-        {
-            let [a, b] = accs(run, run.len() == per_row)?;
-            *pair = [a, b];
+        for p in (0..out.len()).step_by(2) {
+            let lone = p + 1 == out.len();
+            let run = all.get((g + p) * per_row..(g + p + 2 - lone as usize) * per_row)?;
+            [sums[p], sums[p + 1]] = accs(run, lone)?;
         }
         let sums = reduce16(&sums);
         let keep = if out.len() == 16 {
