@@ -62,7 +62,13 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q8_0 => legacy::<ChunkQ8_0>(w, row_bytes, x, out, |c| {
             (load512(&c.qs[0]), load512(&c.qs[1]))
         }),
-        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, out, |r, lone| q4_k(r, lone, x)),
+        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, out, |r, lone| {
+            if lone {
+                q4_k::<1>(r, x).map(|[a]| [a, _mm512_setzero_ps()])
+            } else {
+                q4_k::<2>(r, x)
+            }
+        }),
         _ => None,
     }
 }
@@ -280,32 +286,31 @@ fn chunk<C: Chunk + Scales>(
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
 }
 
-/// The accumulators of a pair of `Q4_K` rows (alternating super-blocks) or of one `lone` row:
-/// each super-block is two chunks of four groups; a group's scale `d·sc·d_x` goes to its lane
+/// The accumulators of `R` `Q4_K` rows: a pair (alternating super-blocks) or one lone row
+/// (`R` is a constant so that each case compiles to its own straight loop). Each super-block is two chunks of four groups; a group's scale `d·sc·d_x` goes to its lane
 /// as in [`chunk`], and its min term `dmin·m·d_x·Σx` into an 8-wide accumulator subtracted
 /// from the first half of the lanes at the end. Scales and mins are worked out for all 8
 /// groups at once.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q4_k(w: &[ChunkQ4K], lone: bool, x: &ActChunks) -> Option<[__m512; 2]> {
+fn q4_k<const R: usize>(w: &[ChunkQ4K], x: &ActChunks) -> Option<[__m512; R]> {
     // Lane b of half h: group 4h + b.
     let spread = [
         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
         _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
     ];
-    let n_rows = if lone { 1 } else { 2 };
-    let n = w.len() / n_rows;
+    let n = w.len() / R;
     let xq = x.q.get(..2 * n)?.as_chunks::<2>().0;
     let xd = x.d.get(..8 * n)?.as_chunks::<8>().0;
     let xs = x.dsum.get(..8 * n)?.as_chunks::<8>().0;
     let zero = _mm512_setzero_ps();
-    let mut acc = [[zero; 2]; 2];
-    let mut mins = [_mm256_setzero_ps(); 2];
+    let mut acc = [[zero; 2]; R];
+    let mut mins = [_mm256_setzero_ps(); R];
     for (j, ((xq, xd), xs)) in xq.iter().zip(xd).zip(xs).enumerate() {
         let q = [0, 1].map(|h| [load512(&xq[h][0]), load512(&xq[h][1])]);
         let (xd, xs) = (load8(xd), load8(xs));
-        for r in 0..n_rows {
-            let c = &w[n_rows * j + r];
+        for r in 0..R {
+            let c = w.get(R * j + r)?;
             let (sc, m) = k4_scales_mins(&c.scales);
             let (d, dmin) = scales2(c.d, c.dmin);
             let scale = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_mul_ps(bytes8(sc), d), xd));
@@ -319,15 +324,10 @@ fn q4_k(w: &[ChunkQ4K], lone: bool, x: &ActChunks) -> Option<[__m512; 2]> {
             }
         }
     }
-    let row = |r: usize| {
-        let a: [__m512; 2] = acc[r];
+    Some(std::array::from_fn(|r| {
+        let a = acc[r];
         _mm512_sub_ps(_mm512_add_ps(a[0], a[1]), _mm512_zextps256_ps512(mins[r]))
-    };
-    Some(if lone {
-        [row(0), zero]
-    } else {
-        [row(0), row(1)]
-    })
+    }))
 }
 
 /// The 8 bytes of `v` as 8 f32 lanes.
