@@ -33,9 +33,10 @@ pub struct ChunkQ4_0 {
     pub qs: [u8; 64],
 }
 
-/// Four `Q5_0` blocks: `qs` as in [`ChunkQ4_0`]; bit [`q5_bit`]`(p)` of the little-endian
-/// `qh[0]` is the fifth bit of the low-half weight `p` (block `p / 16`, element `p % 16`), of
-/// `qh[1]` that of the high-half weight `p` (element `16 + p % 16`).
+/// Four `Q5_0` blocks: `qs` as in [`ChunkQ4_0`]; the fifth bits in two little-endian words,
+/// the one of the low-half weight `p` (block `p / 16`, element `p % 16`) where
+/// [`q5_bit`]`(0, p)` says, of the high-half weight `p` (element `16 + p % 16`) where
+/// `q5_bit(1, p)` says.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkQ5_0 {
@@ -118,14 +119,18 @@ unsafe impl Chunk for ChunkQ4_0 {
 }
 
 // SAFETY: as above.
-/// Where the fifth bit of half-position `p` (0..64) sits in a [`ChunkQ5_0::qh`] word:
-/// `8·(p % 8) + 4 + p / 8`, mod 64. Why this order: a kernel broadcasts the word to the eight
-/// 64-bit lanes of a register and rotates lane `k` right by `k`; then bit 4 of every byte `p`
-/// is weight `p`'s fifth bit, ready to be OR-ed onto its nibble in one bitwise op. (With the
-/// bits in weight order a kernel goes through mask registers, which stream a third slower on
-/// AMD Zen 4.)
-pub const fn q5_bit(p: usize) -> u32 {
-    ((8 * (p % 8) + 4 + p / 8) % 64) as u32
+/// Where the fifth bit of half `h`'s weight `p` (0..64) sits: word `(p / 8) % 2` of
+/// [`ChunkQ5_0::qh`], bit `8·(p % 8) + 4 + 4h + p / 16` mod 64. Why this order: a kernel
+/// broadcasts the 16 bytes to every 128-bit lane (so 64-bit lane `k` holds word `k % 2`) and
+/// rotates lane `k` right by `4h + k / 2`; then bit 4 of every byte `p` is the fifth bit of
+/// weight `p`, ready to be OR-ed onto its nibble in one bitwise op, with one load for both
+/// halves. (With the bits in weight order a kernel goes through mask registers, which stream a
+/// third slower on AMD Zen 4.)
+pub const fn q5_bit(h: usize, p: usize) -> (usize, u32) {
+    (
+        (p / 8) % 2,
+        ((8 * (p % 8) + 4 + 4 * h + p / 16) % 64) as u32,
+    )
 }
 
 unsafe impl Chunk for ChunkQ5_0 {
@@ -137,9 +142,10 @@ unsafe impl Chunk for ChunkQ5_0 {
         for (i, blk) in b.iter().enumerate() {
             let bits = u32::from_le_bytes(blk.qh) as u64;
             for e in 0..16 {
-                let p = 16 * i + e;
-                qh[0] |= ((bits >> e) & 1) << q5_bit(p);
-                qh[1] |= ((bits >> (16 + e)) & 1) << q5_bit(p);
+                for h in 0..2 {
+                    let (word, bit) = q5_bit(h, 16 * i + e);
+                    qh[word] |= ((bits >> (16 * h + e)) & 1) << bit;
+                }
             }
         }
         ChunkQ5_0 {
@@ -153,9 +159,10 @@ unsafe impl Chunk for ChunkQ5_0 {
         for (i, o) in out.iter_mut().enumerate() {
             let mut bits = 0u32;
             for e in 0..16 {
-                let p = 16 * i + e;
-                bits |= (((qh[0] >> q5_bit(p)) & 1) as u32) << e;
-                bits |= (((qh[1] >> q5_bit(p)) & 1) as u32) << (16 + e);
+                for h in 0..2 {
+                    let (word, bit) = q5_bit(h, 16 * i + e);
+                    bits |= (((qh[word] >> bit) & 1) as u32) << (16 * h + e);
+                }
             }
             *o = BlockQ5_0 {
                 d: self.d[i],
@@ -488,11 +495,15 @@ mod tests {
 
     #[test]
     fn q5_bit_places_each_weight_once() {
-        let mut seen = 0u64;
-        for p in 0..64 {
-            seen |= 1 << q5_bit(p);
+        let mut seen = [0u64; 2];
+        for h in 0..2 {
+            for p in 0..64 {
+                let (word, bit) = q5_bit(h, p);
+                assert_eq!(seen[word] >> bit & 1, 0, "h {h} p {p}");
+                seen[word] |= 1 << bit;
+            }
         }
-        assert_eq!(seen, u64::MAX);
+        assert_eq!(seen, [u64::MAX; 2]);
     }
 
     /// The chunk fields mean what their docs say: weight `16h + e` of block `b` is read back
@@ -507,11 +518,12 @@ mod tests {
         let c = as_chunks::<ChunkQ5_0>(&packed).unwrap()[0];
         let mut deq = vec![0f32; 128];
         crate::dequant::dequantize_row(GgmlType::Q5_0, &row, &mut deq);
+        let qh = c.qh.map(u64::from_le_bytes);
         for h in 0..2 {
-            let qh = u64::from_le_bytes(c.qh[h]);
             for p in 0..64 {
                 let nib = if h == 0 { c.qs[p] & 15 } else { c.qs[p] >> 4 };
-                let q = nib as i32 | (((qh >> q5_bit(p)) & 1) as i32) << 4;
+                let (word, bit) = q5_bit(h, p);
+                let q = nib as i32 | (((qh[word] >> bit) & 1) as i32) << 4;
                 let (b, e) = (p / 16, 16 * h + p % 16);
                 let w = c.d[b].to_f32() * (q - ChunkQ5_0::OFFSET) as f32;
                 assert_eq!(w, deq[32 * b + e], "h {h} p {p}");

@@ -552,7 +552,11 @@ fn copy_weight(pool: &ThreadPool, w: &CpuWeight, chunked: bool, out: SharedMut<u
         let span = r0 * rb..r1 * rb;
         if chunked {
             // ROWS_PER_TASK is even: each task starts at a pair of rows.
-            chunks::pack_rows(ty, rb, &src[span.clone()], d);
+            let packed = chunks::pack_rows(ty, rb, &src[span.clone()], d);
+            assert!(
+                packed,
+                "internal: {ty} rows of {rb} bytes have no chunked layout"
+            );
         } else {
             d.copy_from_slice(&src[span.clone()]);
         }
@@ -738,7 +742,8 @@ impl MatCtx<'_> {
             let rb = w.row_bytes;
             buf.resize((r1 - r0) * rb, 0);
             // Tasks start at a pair of rows (RowPlan).
-            chunks::unpack_rows(w.ty, rb, &packed[r0 * rb..r1 * rb], buf);
+            let unpacked = chunks::unpack_rows(w.ty, rb, &packed[r0 * rb..r1 * rb], buf);
+            debug_assert!(unpacked, "internal: chunked rows that do not unpack");
             self.run_rows_on(job, &RowView::new(w, buf, r0), r0, r1);
         });
     }

@@ -46,17 +46,21 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q4_0 => legacy::<ChunkQ4_0>(w, row_bytes, x, out, |c| nibbles(&c.qs)),
         GgmlType::Q5_0 => legacy::<ChunkQ5_0>(w, row_bytes, x, out, |c| {
             let (lo, hi) = nibbles(&c.qs);
-            // Each fifth-bit word, broadcast and lane k rotated right by k, has weight p's
-            // bit at bit 4 of byte p (`chunks::q5_bit`): OR it onto the nibble.
-            let rotate = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+            // The two fifth-bit words in every 128-bit lane, 64-bit lane k rotated right by
+            // 4h + k/2, have weight p's bit at bit 4 of byte p (`chunks::q5_bit`): OR it onto
+            // the nibble.
+            let rotate = [
+                _mm512_setr_epi64(0, 0, 1, 1, 2, 2, 3, 3),
+                _mm512_setr_epi64(4, 4, 5, 5, 6, 6, 7, 7),
+            ];
             let bit4 = _mm512_set1_epi8(16);
-            let fifth = |qh: &[u8; 8]| {
-                let word = u64::from_le_bytes(*qh) as i64;
-                _mm512_rorv_epi64(_mm512_set1_epi64(word), rotate)
-            };
+            // SAFETY: `qh` is 16 readable bytes and the load is unaligned.
+            let words = unsafe { _mm_loadu_si128(c.qh.as_ptr().cast()) };
+            let words = _mm512_broadcast_i32x4(words);
+            let fifth = |h: usize| _mm512_rorv_epi64(words, rotate[h]);
             (
-                _mm512_ternarylogic_epi32::<0xF8>(lo, fifth(&c.qh[0]), bit4),
-                _mm512_ternarylogic_epi32::<0xF8>(hi, fifth(&c.qh[1]), bit4),
+                _mm512_ternarylogic_epi32::<0xF8>(lo, fifth(0), bit4),
+                _mm512_ternarylogic_epi32::<0xF8>(hi, fifth(1), bit4),
             )
         }),
         GgmlType::Q8_0 => legacy::<ChunkQ8_0>(w, row_bytes, x, out, |c| {
