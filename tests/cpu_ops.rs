@@ -117,8 +117,9 @@ fn kernel_sets() -> Vec<Kernels> {
 #[test]
 fn prepared_matmul_weights_give_the_same_products() {
     let model = Arc::new(GgufFile::open(&common::default_model_path()).unwrap());
-    // An odd row count: the last row is packed alone, not in a pair.
-    let small = synth(256, 41, 20);
+    // An odd row count (the last row is packed alone, not in a pair), and more rows than one
+    // task's batch of kernel calls holds (64) on one thread.
+    let small = synth(256, 1041, 20);
     let inputs_896 = synth(896, 8, 20);
     let inputs_4864 = synth(4864, 8, 20);
     let down = |ty| {

@@ -8,8 +8,9 @@
 //! of a row so that one 512-bit register holds 16 weights of each block, one block per
 //! 128-bit lane: the "low half" register has elements 0..16 of the 4 blocks, the "high half"
 //! elements 16..32. Two byte dot products then leave each block's sum in its own lane, and one
-//! per-lane scale finishes all four. A chunk has exactly the bytes of its 4 blocks, so a
-//! repacked row is as long as the original one.
+//! per-lane scale finishes all four. A chunk has exactly the bytes of its 4 blocks, so
+//! repacked rows take the bytes of the original ones; they are stored in pairs whose chunks
+//! alternate ([`pack_rows`]), so a row is not one contiguous span any more, but a pair is.
 //!
 //! Activations for chunked rows come in the same order ([`ActChunks`]).
 
@@ -118,7 +119,6 @@ unsafe impl Chunk for ChunkQ4_0 {
     }
 }
 
-// SAFETY: as above.
 /// Where the fifth bit of half `h`'s weight `p` (0..64) sits: word `(p / 8) % 2` of
 /// [`ChunkQ5_0::qh`], bit `8·(p % 8) + 4 + 4h + p / 16` mod 64. Why this order: a kernel
 /// broadcasts the 16 bytes to every 128-bit lane (so 64-bit lane `k` holds word `k % 2`) and
@@ -133,6 +133,7 @@ pub const fn q5_bit(h: usize, p: usize) -> (usize, u32) {
     )
 }
 
+// SAFETY: as above.
 unsafe impl Chunk for ChunkQ5_0 {
     type Src = BlockQ5_0;
     const SRC_BLOCKS: usize = 4;
@@ -504,6 +505,39 @@ mod tests {
             }
         }
         assert_eq!(seen, [u64::MAX; 2]);
+    }
+
+    /// The kernels' way to the fifth bits, modelled in scalar code: the two words broadcast to
+    /// every 128-bit lane (64-bit lane `k` holds word `k % 2`), lane `k` rotated right by
+    /// `4h + k / 2`, bit 4 of byte `i` of lane `k` is weight `8k + i`'s fifth bit.
+    #[test]
+    fn rotated_fifth_bit_words_give_each_weight_its_bit() {
+        let x = random(128, 21);
+        let mut row = vec![0u8; GgmlType::Q5_0.row_bytes(128).unwrap() as usize];
+        quantize_row(GgmlType::Q5_0, &x, &mut row);
+        let blocks = as_blocks::<BlockQ5_0>(&row).unwrap();
+        let mut packed = vec![0u8; row.len()];
+        assert!(pack_rows(GgmlType::Q5_0, row.len(), &row, &mut packed));
+        let c = as_chunks::<ChunkQ5_0>(&packed).unwrap()[0];
+        let words = c.qh.map(u64::from_le_bytes);
+        let mut ones = 0;
+        for h in 0..2 {
+            for k in 0..8 {
+                let lane = words[k % 2].rotate_right((4 * h + k / 2) as u32);
+                for i in 0..8 {
+                    let p = 8 * k + i;
+                    let got = (lane >> (8 * i + 4)) & 1;
+                    let qh = u32::from_le_bytes(blocks[p / 16].qh);
+                    let want = (qh >> (16 * h + p % 16)) & 1;
+                    assert_eq!(got, want as u64, "h {h} p {p}");
+                    ones += want;
+                }
+            }
+        }
+        assert!(
+            ones > 10 && ones < 118,
+            "the row must have fifth bits of both values"
+        );
     }
 
     /// The chunk fields mean what their docs say: weight `16h + e` of block `b` is read back

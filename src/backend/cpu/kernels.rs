@@ -346,7 +346,10 @@ impl Kernels {
             }
         }
         let _ = (w, x, out);
-        panic!("dot_chunks: no chunk kernel for {ty} on {}", self.name())
+        panic!(
+            "dot_chunks: no chunk kernel for {ty} on {}, or rows that do not fit it",
+            self.name()
+        )
     }
 
     /// Whether [`gemm_tile`](Self::gemm_tile) handles weights of type `ty` on this path.

@@ -127,7 +127,7 @@ fn rows<C: Chunk>(
 }
 
 /// The sums of the 16 vectors in `v`, in order, as one vector: a transposing tree of
-/// shuffles and adds (48 instructions in place of 16 horizontal reductions of 8 each).
+/// shuffles and adds (about 46 instructions in place of 16 horizontal reductions of 8 each).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn reduce16(v: &[__m512; 16]) -> __m512 {
@@ -291,10 +291,10 @@ fn chunk<C: Chunk + Scales>(
 }
 
 /// The accumulators of `R` `Q4_K` rows: a pair (alternating super-blocks) or one lone row
-/// (`R` is a constant so that each case compiles to its own straight loop). Each super-block is two chunks of four groups; a group's scale `d·sc·d_x` goes to its lane
-/// as in [`chunk`], and its min term `dmin·m·d_x·Σx` into an 8-wide accumulator subtracted
-/// from the first half of the lanes at the end. Scales and mins are worked out for all 8
-/// groups at once.
+/// (`R` is a constant so that each case compiles to its own straight loop). Each super-block
+/// is two chunks of four groups; a group's scale `d·sc·d_x` goes to its lane as in [`chunk`],
+/// and its min term `dmin·m·d_x·Σx` into an 8-wide accumulator subtracted from the first half
+/// of the lanes at the end. Scales and mins are worked out for all 8 groups at once.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4_k<const R: usize>(w: &[ChunkQ4K], x: &ActChunks) -> Option<[__m512; R]> {
