@@ -732,7 +732,7 @@ impl MatCtx<'_> {
             return self.run_rows_on(job, &view, r0, r1);
         }
         let packed = w.stored();
-        debug_assert!(r0 % 2 == 0, "internal: chunked rows start at a pair");
+        debug_assert!(r0.is_multiple_of(2), "internal: chunked rows start at a pair");
         if self.n_tokens == 1 {
             return self.chunk_rows(job, w, packed, r0, r1);
         }
