@@ -732,7 +732,10 @@ impl MatCtx<'_> {
             return self.run_rows_on(job, &view, r0, r1);
         }
         let packed = w.stored();
-        debug_assert!(r0.is_multiple_of(2), "internal: chunked rows start at a pair");
+        debug_assert!(
+            r0.is_multiple_of(2),
+            "internal: chunked rows start at a pair"
+        );
         if self.n_tokens == 1 {
             return self.chunk_rows(job, w, packed, r0, r1);
         }
@@ -756,24 +759,31 @@ impl MatCtx<'_> {
     }
 
     /// One token against chunked rows `r0..r1` (`r0` even: a pair boundary), a batch of rows
-    /// per kernel call.
+    /// per kernel call. The kernel writes the output rows in place; a bias or a residual is
+    /// added in a second pass over them (one token's rows `r0..r1` are contiguous).
     fn chunk_rows(&self, job: usize, w: &CpuWeight, packed: &[u8], r0: usize, r1: usize) {
         // Even, so each batch starts at a pair of rows.
         const BATCH: usize = 64;
         let j = &self.jobs[job];
-        let bias = self.bias(j);
+        let bias = self.bias(j).and_then(|b| b.get(r0..r1));
         let rb = w.row_bytes;
+        // SAFETY: each task owns rows r0..r1 of this output (one token).
+        let out = unsafe { self.outs[job].slice(r0, r1 - r0) };
         let mut dots = [0.0f32; BATCH];
         for b0 in (r0..r1).step_by(BATCH) {
             let b1 = (b0 + BATCH).min(r1);
+            let rows = &packed[b0 * rb..b1 * rb];
+            let out = &mut out[b0 - r0..b1 - r0];
+            if !j.accumulate && bias.is_none() {
+                self.kernels.dot_chunks(w.ty, rows, self.xc, out);
+                continue;
+            }
             let dots = &mut dots[..b1 - b0];
-            self.kernels
-                .dot_chunks(w.ty, &packed[b0 * rb..b1 * rb], self.xc, dots);
-            for (i, &d) in dots.iter().enumerate() {
-                let r = b0 + i;
-                let b = bias.and_then(|b| b.get(r)).copied().unwrap_or(0.0);
-                // SAFETY: each task owns rows r0..r1 of this output (one token).
-                unsafe { emit(self.outs[job], r, d + b, j.accumulate) };
+            self.kernels.dot_chunks(w.ty, rows, self.xc, dots);
+            let bias = bias.map(|b| &b[b0 - r0..b1 - r0]);
+            for (i, (o, &d)) in out.iter_mut().zip(dots.iter()).enumerate() {
+                let v = d + bias.map_or(0.0, |b| b[i]);
+                *o = if j.accumulate { *o + v } else { v };
             }
         }
     }
