@@ -301,6 +301,55 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
     }
 }
 
+/// `Q6_K` chunk rows (super-blocks paired as they are) against `Q8_K` activations: runs of
+/// rows in one call, each output against the reference on its own row.
+#[test]
+fn q6_k_chunk_runs_match_reference() {
+    use marco_quantize::chunks::{pack_rows, ActChunks};
+    use marco_quantize::dot::vec_dot_q8k;
+    let mut rng = Rng(0xc4c4_0003_5555_0001);
+    let ty = GgmlType::Q6_K;
+    let mut checked = 0;
+    for cols in [256, 1536, 4864] {
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let xf: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+        let mut acts = ActChunks::default();
+        acts.fill_q8k(&xf);
+        for n_rows in [1, 2, 5, 17] {
+            let w = random_row(&mut rng, ty, cols * n_rows);
+            let mut packed = vec![0u8; w.len()];
+            assert!(pack_rows(ty, rb, &w, &mut packed));
+            for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
+                let mut buf = vec![f32::NAN; n_rows + 16];
+                k.dot_chunks(ty, &packed, &acts, &mut buf[..n_rows]);
+                assert!(
+                    buf[n_rows..].iter().all(|v| v.is_nan()),
+                    "wrote past the run"
+                );
+                for (r, &got) in buf[..n_rows].iter().enumerate() {
+                    let row = &w[r * rb..(r + 1) * rb];
+                    let want = vec_dot_q8k(ty, row, acts.q8k()).unwrap();
+                    // The same integer dots as the reference, summed in another order: the
+                    // rounding scale is Σ|wᵢ·xᵢ| (the activations before 8-bit rounding).
+                    let mut wf = vec![0.0f32; cols];
+                    dequantize_row(ty, row, &mut wf);
+                    let terms: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(&a, &b)| (a * b).abs() as f64)
+                        .sum();
+                    let what = format!("{} cols={cols} rows={n_rows} row {r}", k.name());
+                    check_close(&what, got, want, terms);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    if kernel_sets().iter().any(|k| k.has_chunks(ty, 256)) {
+        assert!(checked > 0);
+    }
+}
+
 /// Extreme quants against extreme activations: catches i16 saturation in the integer dots.
 #[test]
 fn dot_q8_extremes_do_not_saturate() {
@@ -589,6 +638,8 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         let packed = &*packed;
         let mut acts = marco_quantize::chunks::ActChunks::default();
         acts.fill(x1);
+        let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        acts.fill_q8k(&xf);
         // 64 rows to a call, as the CPU backend decodes.
         let mut out = [0.0f32; 64];
         let mut chunked = |n_rows: usize| {

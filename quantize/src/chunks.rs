@@ -1,6 +1,7 @@
 //! Four-block chunks: the CPU's decode layout of `Q4_0`, `Q5_0`, `Q8_0` (four blocks of 32)
 //! and `Q4_K` (one super-block: two halves of four 32-weight groups), one definition shared by
-//! the repacking, the SIMD kernels and their tests.
+//! the repacking, the SIMD kernels and their tests. `Q6_K` super-blocks stay as they are, only
+//! paired like the others' rows ([`pack_rows`]).
 //!
 //! Why a second layout: in the GGUF layout a block's scale, fifth bits and quants sit side by
 //! side, so a kernel spends most of its instructions picking scales out of 8 blocks and
@@ -16,7 +17,8 @@
 
 use crate::act::BlockQ8x32;
 use crate::blocks::{
-    as_blocks, as_blocks_mut, Block, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ8_0, LeF16,
+    as_blocks, as_blocks_mut, Block, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    LeF16,
 };
 use crate::types::{GgmlType, QK32};
 
@@ -246,6 +248,24 @@ unsafe impl Chunk for ChunkQ4K {
     }
 }
 
+/// `Q6_K` rows go in pairs as they are: a chunk is one GGUF super-block, unchanged. Its
+/// kernel works on `Q8_K` activations ([`ActChunks::q8k`]), where the sub-block scales
+/// multiply integer dots directly; what pairs bring is one stream and one load of each
+/// activation block for two rows.
+// SAFETY: `BlockQ6K` is a `repr(C)` struct of byte arrays (alignment 1, every bit pattern
+// valid), one block long.
+unsafe impl Chunk for BlockQ6K {
+    type Src = BlockQ6K;
+    const SRC_BLOCKS: usize = 1;
+    const OFFSET: i32 = 32;
+    fn pack(b: &[BlockQ6K]) -> Self {
+        b[0]
+    }
+    fn unpack(&self, out: &mut [BlockQ6K]) {
+        out[0] = *self;
+    }
+}
+
 /// View `bytes` as chunks, or `None` if the length is not a whole number of them.
 pub fn as_chunks<C: Chunk>(bytes: &[u8]) -> Option<&[C]> {
     let size = size_of::<C>();
@@ -274,7 +294,7 @@ pub fn supports(ty: GgmlType, cols: usize) -> bool {
         && cols.is_multiple_of(ty.block_size().max(CHUNK_LEN))
         && matches!(
             ty,
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
         )
 }
 
@@ -292,6 +312,7 @@ pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> 
         GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, true),
         GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, true),
         GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, true),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, true),
         _ => false,
     }
 }
@@ -303,6 +324,7 @@ pub fn unpack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -
         GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, false),
         GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, false),
         GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, false),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, false),
         _ => false,
     }
 }
@@ -388,12 +410,15 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
 /// that cancels the offset exactly, lane by lane (so no lane holds more than its true partial
 /// dot, and the float sum of the lanes loses no more than the reference's); and per block
 /// `d·Σq`, for the K-quants' min terms.
+///
+/// For `Q6_K` rows the same token as `Q8_K` blocks ([`fill_q8k`](Self::fill_q8k)).
 #[derive(Default, Clone)]
 pub struct ActChunks {
     pub q: Vec<[[i8; 64]; 2]>,
     pub d: Vec<f32>,
     pub neg_sums: Vec<[i32; 16]>,
     pub dsum: Vec<f32>,
+    q8k: Vec<u8>,
 }
 
 impl ActChunks {
@@ -418,6 +443,20 @@ impl ActChunks {
             })
         });
         self.neg_sums.extend(lanes);
+    }
+
+    /// Quantizes `x` (whole `Q8_K` blocks of 256; a last partial block is dropped) as
+    /// `Q8_K`, ggml's reference quantizer, reusing the buffer.
+    pub fn fill_q8k(&mut self, x: &[f32]) {
+        let n = x.len() / crate::types::QK_K * crate::types::QK_K;
+        let bytes = GgmlType::Q8_K.row_bytes(n as u64).unwrap_or(0) as usize;
+        self.q8k.resize(bytes, 0);
+        crate::quants::quantize_row(GgmlType::Q8_K, &x[..n], &mut self.q8k);
+    }
+
+    /// The token as `Q8_K` blocks (after [`fill_q8k`](Self::fill_q8k); empty before).
+    pub fn q8k(&self) -> &[BlockQ8K] {
+        as_blocks::<BlockQ8K>(&self.q8k).unwrap_or(&[])
     }
 
     /// Chunks held.

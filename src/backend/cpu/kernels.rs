@@ -322,9 +322,10 @@ impl Kernels {
         vec_dot_q8k(ty, w, x).unwrap_or_else(|| panic!("dot_q8k: {ty} is not a K-quant"))
     }
 
-    /// Whether this path decodes rows of `cols` weights of type `ty` from four-block chunks
-    /// (`marco_quantize::chunks`): then the backend repacks those weights once at load and
-    /// one-token products go through [`dot_chunks`](Self::dot_chunks).
+    /// Whether this path decodes rows of `cols` weights of type `ty` from chunks in pairs of
+    /// rows (`marco_quantize::chunks`: four-block chunks, or `Q6_K` super-blocks as they are):
+    /// then the backend repacks those weights once at load and one-token products go through
+    /// [`dot_chunks`](Self::dot_chunks).
     pub fn has_chunks(&self, ty: GgmlType, cols: usize) -> bool {
         self.isa == Isa::Avx512Vnni && chunks::supports(ty, cols)
     }

@@ -370,6 +370,14 @@ impl Backend for CpuBackend {
             n_tokens == 1 && jobs.iter().any(|j| self.weight(j.weight).is_chunked());
         if chunked_ready {
             self.act_chunks.fill(&self.act_q8[..cols / QK32]);
+            let chunked_q6k = |j: &MatJob| {
+                let w = self.weight(j.weight);
+                w.is_chunked() && w.ty == GgmlType::Q6_K
+            };
+            if jobs.iter().any(chunked_q6k) {
+                // Q6_K chunks take the token as Q8_K (see `simd::q8k`); ggml's quantizer.
+                self.act_chunks.fill_q8k(&xs[..cols]);
+            }
         }
         if q8k_ready {
             // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.

@@ -1,5 +1,6 @@
 //! AVX-512 VNNI decode kernels over four-block chunks (`marco_quantize::chunks`): weight rows
-//! against one token, two rows at a time.
+//! against one token, two rows at a time. (`Q6_K` rows, paired super-blocks as they are, go
+//! through the `Q8_K` integer dots of `simd::q8k`, two rows at a time as well.)
 //!
 //! Per chunk (128 weights): two `vpdpbusd` over the low and high halves leave block `b`'s
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
@@ -20,7 +21,10 @@ use marco_quantize::chunks::{
     as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0,
 };
 
+use super::avx2::f16_to_f32;
 use super::k4_scales_mins;
+use super::q8k::{q6_acts, q6_sumi};
+use marco_quantize::blocks::{BlockQ6K, BlockQ8K};
 use marco_quantize::GgmlType;
 
 /// `out[r] = dot(row r, x)` for `out.len()` chunked rows of type `ty` in `w`, starting at a
@@ -71,6 +75,13 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
                 q4_k::<1>(r, x).map(|[a]| [a, _mm512_setzero_ps()])
             } else {
                 q4_k::<2>(r, x)
+            }
+        }),
+        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, out, |r, lone| {
+            if lone {
+                q6_k::<1>(r, x.q8k()).map(|[a]| [a, _mm512_setzero_ps()])
+            } else {
+                q6_k::<2>(r, x.q8k())
             }
         }),
         _ => None,
@@ -358,4 +369,25 @@ fn scales2(a: marco_quantize::blocks::LeF16, b: marco_quantize::blocks::LeF16) -
         _mm256_broadcastss_ps(both),
         _mm256_broadcastss_ps(_mm_movehdup_ps(both)),
     )
+}
+
+/// The accumulators of `R` `Q6_K` rows (a pair of alternating super-blocks, or one lone row)
+/// against `Q8_K` activations: the integer dots of `simd::q8k`, each activation block loaded
+/// once for the `R` rows; the 8 lanes of each row's sum sit in the low half of its vector.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q6_k<const R: usize>(w: &[BlockQ6K], x: &[BlockQ8K]) -> Option<[__m512; R]> {
+    let n = w.len() / R;
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (j, xb) in x.get(..n)?.iter().enumerate() {
+        let acts = q6_acts(xb);
+        let dx = xb.d();
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let b = w.get(R * j + r)?;
+            let sumi = q6_sumi(b, &acts);
+            let scale = _mm256_set1_ps(f16_to_f32(b.d) * dx);
+            *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi), *acc);
+        }
+    }
+    Some(acc.map(|a| _mm512_zextps256_ps512(a)))
 }

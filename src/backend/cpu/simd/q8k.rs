@@ -116,26 +116,7 @@ fn k4<'a, B: 'a>(w: &'a [B], x: &[BlockQ8K], part: impl Fn(&'a B) -> K4Part<'a>)
 fn q6(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, xb) in w.iter().zip(x) {
-        let q = q6k_quants(b);
-        // The 16 scales as i16: words 0..8 in the low half, 8..16 in the high.
-        let sc16 = _mm256_cvtepi8_epi16(load_scales(&b.scales));
-        // Offset: 32 · Σ_j sc_j · bsum_j.
-        let off = _mm256_madd_epi16(sc16, bsums(xb));
-        let mut sumi = _mm256_slli_epi32::<5>(_mm256_sub_epi32(_mm256_setzero_si256(), off));
-        // Group g's scales are 2g (first 16 values) and 2g+1: a register whose low half holds
-        // word 2g and high half word 2g+1, taken from the half that holds them.
-        let (lo, hi) = (
-            _mm256_permute2x128_si256::<0x00>(sc16, sc16),
-            _mm256_permute2x128_si256::<0x11>(sc16, sc16),
-        );
-        for (g, &q) in q.iter().enumerate() {
-            let src = if g < 4 { lo } else { hi };
-            let k = 2 * (g % 4);
-            let pair = _mm256_blend_epi32::<0xF0>(word(src, k), word(src, k + 1));
-            // |pair| ≤ 2·63·128: no saturation.
-            let p = _mm256_maddubs_epi16(q, xq(xb, g));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair));
-        }
+        let sumi = q6_sumi(b, &q6_acts(xb));
         acc = _mm256_fmadd_ps(
             _mm256_set1_ps(f16_to_f32(b.d) * xb.d()),
             _mm256_cvtepi32_ps(sumi),
@@ -143,6 +124,49 @@ fn q6(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
         );
     }
     hsum(acc)
+}
+
+/// A `Q8_K` block in registers for [`q6_sumi`]: its 8 groups of 32 quants and its 16 sums.
+pub(super) struct Q8kActs {
+    q: [__m256i; 8],
+    bsums: __m256i,
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_acts(xb: &BlockQ8K) -> Q8kActs {
+    Q8kActs {
+        q: std::array::from_fn(|g| xq(xb, g)),
+        bsums: bsums(xb),
+    }
+}
+
+/// A Q6_K super-block's integer dot with a `Q8_K` block, in the 8 i32 lanes (scaled by
+/// `d·d_x` it is the block's share of the row's dot).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_sumi(b: &BlockQ6K, x: &Q8kActs) -> __m256i {
+    let q = q6k_quants(b);
+    // The 16 scales as i16: words 0..8 in the low half, 8..16 in the high.
+    let sc16 = _mm256_cvtepi8_epi16(load_scales(&b.scales));
+    // Offset: 32 · Σ_j sc_j · bsum_j.
+    let off = _mm256_madd_epi16(sc16, x.bsums);
+    let mut sumi = _mm256_slli_epi32::<5>(_mm256_sub_epi32(_mm256_setzero_si256(), off));
+    // Group g's scales are 2g (first 16 values) and 2g+1: a register whose low half holds
+    // word 2g and high half word 2g+1, taken from the half that holds them.
+    let (lo, hi) = (
+        _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+        _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+    );
+    for (g, &q) in q.iter().enumerate() {
+        let src = if g < 4 { lo } else { hi };
+        let k = 2 * (g % 4);
+        let pair = _mm256_blend_epi32::<0xF0>(word(src, k), word(src, k + 1));
+        // |pair| ≤ 2·63·128: no saturation.
+        let p = _mm256_maddubs_epi16(q, x.q[g]);
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair));
+    }
+    sumi
 }
 
 #[inline]
