@@ -356,9 +356,10 @@ fn pack_pair<C: Chunk>(src: &[u8], dst: &mut [u8]) -> bool {
         return false;
     };
     let (first, second) = b.split_at(b.len() / 2);
-    let rows = [first, second].map(|r| r.chunks_exact(C::SRC_BLOCKS));
-    let [a, b] = rows;
-    for (pair, (a, b)) in c.as_chunks_mut::<2>().0.iter_mut().zip(a.zip(b)) {
+    let rows = first
+        .chunks_exact(C::SRC_BLOCKS)
+        .zip(second.chunks_exact(C::SRC_BLOCKS));
+    for (pair, (a, b)) in c.as_chunks_mut::<2>().0.iter_mut().zip(rows) {
         *pair = [C::pack(a), C::pack(b)];
     }
     true
@@ -411,7 +412,8 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
 /// dot, and the float sum of the lanes loses no more than the reference's); and per block
 /// `d·Σq`, for the K-quants' min terms.
 ///
-/// For `Q6_K` rows the same token as `Q8_K` blocks ([`fill_q8k`](Self::fill_q8k)).
+/// Also the same token as `Q8_K` blocks ([`fill_q8k`](Self::fill_q8k)), which `Q6_K` chunk
+/// rows and the K-quant one-token kernels take.
 #[derive(Default, Clone)]
 pub struct ActChunks {
     pub q: Vec<[[i8; 64]; 2]>,

@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use marco_quantize::act::BlockQ8x32;
-use marco_quantize::blocks::{as_blocks, BlockQ8K};
+use marco_quantize::blocks::BlockQ8K;
 use marco_quantize::chunks::{self, ActChunks};
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::dot::{activation_kind, ActKind};
-use marco_quantize::quants::quantize_row;
 use marco_quantize::{GgmlType, QK32, QK_K};
 
 use self::gemm::{PackedActs, Unpacked};
@@ -108,10 +107,9 @@ pub struct CpuBackend {
     act_q8: Vec<BlockQ8x32>,
     /// A weight row unpacked from chunks (`embed` of a repacked table).
     row_buf: Vec<u8>,
-    /// One token's activations in chunk order, for the chunked weights.
+    /// One token's activations for the one-token kernels: in chunk order (chunked weights)
+    /// and as `Q8_K` blocks (the K-quant kernels, chunked `Q6_K` included).
     act_chunks: ActChunks,
-    /// One token's activations as `Q8_K` bytes, for the K-quant kernels.
-    act_q8k: Vec<u8>,
     /// `act_q8` transposed for the prompt GEMM (when the kernels have one).
     packed: PackedActs,
     kv: Option<KvCache>,
@@ -141,7 +139,6 @@ impl CpuBackend {
             row_buf: Vec::new(),
             act_chunks: ActChunks::default(),
             packed: PackedActs::default(),
-            act_q8k: Vec::new(),
             kv: None,
             scratch: Vec::new(),
         }
@@ -225,12 +222,13 @@ impl Backend for CpuBackend {
         // The weights to copy (each once), and where each goes in one shared buffer: decoding
         // streams them all every token, and one buffer in 2 MiB pages spares the TLB misses
         // of 4 KiB pages (measured: 1-thread decoding of the default model 45 -> 53 t/s).
-        let mut todo: Vec<(usize, usize)> = Vec::new();
+        // (weight, offset, whether its kernels take it in chunks)
+        let mut todo: Vec<(usize, usize, bool)> = Vec::new();
         let mut total = 0usize;
         for &WeightId(i) in ws {
             let w = &self.weights[i];
             if w.copy.is_none() && w.dense.is_none() && todo.iter().all(|t| t.0 != i) {
-                todo.push((i, total));
+                todo.push((i, total, self.kernels.has_chunks(w.ty, w.cols)));
                 total = (total + w.rows * w.row_bytes).next_multiple_of(64);
             }
         }
@@ -239,20 +237,18 @@ impl Backend for CpuBackend {
         }
         let mut buf = memory::WeightBuf::zeroed(total)?;
         let out = SharedMut(buf.as_mut_slice().as_mut_ptr());
-        for &(i, offset) in &todo {
+        for &(i, offset, chunked) in &todo {
             let w = &self.weights[i];
-            let chunked = self.kernels.has_chunks(w.ty, w.cols);
             copy_weight(&self.pool, w, chunked, out, offset);
             // The pages that straddled two tasks' rows.
             w.file.release_data(&w.file.tensors()[w.tensor]);
         }
         let buf = Arc::new(buf);
-        for &(i, offset) in &todo {
-            let w = &mut self.weights[i];
-            w.copy = Some(Copied {
+        for &(i, offset, chunked) in &todo {
+            self.weights[i].copy = Some(Copied {
                 buf: Arc::clone(&buf),
                 offset,
-                chunked: self.kernels.has_chunks(w.ty, w.cols),
+                chunked,
             });
         }
         Ok(())
@@ -333,18 +329,22 @@ impl Backend for CpuBackend {
             "internal: matmul jobs must share the input width"
         );
         let xs = std::mem::take(&mut self.bufs[x.0]);
-        // One token of K-quant products goes against Q8_K activations (see `simd::q8k`).
-        // (Chunked weights have their own one-token kernel, on 32-value activation blocks.)
-        let q8k_dot = |w: &CpuWeight| {
+        // One token of K-quant products goes against Q8_K activations (see `simd::q8k`): the
+        // mapped K-quant rows and the chunked Q6_K ones; other chunked rows take 32-value
+        // blocks in chunk order.
+        let takes_q8k = |w: &CpuWeight| {
             n_tokens == 1
-                && !w.is_chunked()
                 && cols.is_multiple_of(QK_K)
-                && self.kernels.has_q8k_dot(w.ty)
+                && if w.is_chunked() {
+                    w.ty == GgmlType::Q6_K
+                } else {
+                    self.kernels.has_q8k_dot(w.ty)
+                }
         };
-        let q8k_ready = jobs.iter().any(|j| q8k_dot(self.weight(j.weight)));
+        let q8k_ready = jobs.iter().any(|j| takes_q8k(self.weight(j.weight)));
         let needs_q8 = jobs.iter().any(|j| {
             let w = self.weight(j.weight);
-            activation_kind(w.ty) == ActKind::Q8 && !q8k_dot(w)
+            activation_kind(w.ty) == ActKind::Q8 && !takes_q8k(w)
         });
         if needs_q8 {
             let nb = cols / QK32;
@@ -366,24 +366,17 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
-        let chunked_ready =
-            n_tokens == 1 && jobs.iter().any(|j| self.weight(j.weight).is_chunked());
-        if chunked_ready {
-            self.act_chunks.fill(&self.act_q8[..cols / QK32]);
-            let chunked_q6k = |j: &MatJob| {
+        let chunks_ready = n_tokens == 1
+            && jobs.iter().any(|j| {
                 let w = self.weight(j.weight);
-                w.is_chunked() && w.ty == GgmlType::Q6_K
-            };
-            if jobs.iter().any(chunked_q6k) {
-                // Q6_K chunks take the token as Q8_K (see `simd::q8k`); ggml's quantizer.
-                self.act_chunks.fill_q8k(&xs[..cols]);
-            }
+                w.is_chunked() && !takes_q8k(w)
+            });
+        if chunks_ready {
+            self.act_chunks.fill(&self.act_q8[..cols / QK32]);
         }
         if q8k_ready {
-            // One token's activations as Q8_K as well (see `simd::q8k`); ggml's quantizer.
-            let bytes = GgmlType::Q8_K.row_bytes(cols as u64).unwrap_or(0) as usize;
-            self.act_q8k.resize(bytes, 0);
-            quantize_row(GgmlType::Q8_K, &xs[..cols], &mut self.act_q8k);
+            // ggml's quantizer, as its K-quant dots use.
+            self.act_chunks.fill_q8k(&xs[..cols]);
         }
         let mut outs = [SharedMut(std::ptr::null_mut()); 4];
         for (i, j) in jobs.iter().enumerate() {
@@ -402,11 +395,7 @@ impl Backend for CpuBackend {
             x: &xs[..n_tokens * cols],
             xq: &self.act_q8,
             xc: &self.act_chunks,
-            xq8k: if q8k_ready {
-                as_blocks::<BlockQ8K>(&self.act_q8k)
-            } else {
-                None
-            },
+            xq8k: q8k_ready.then(|| self.act_chunks.q8k()),
             packed: &self.packed,
             n_tokens,
             kernels: &self.kernels,
