@@ -167,6 +167,15 @@ fn dot_q8_matches_reference_on_quantized_rows() {
     }
 }
 
+/// A chunk test checked something wherever a kernel path takes `ty` rows of `cols` in chunks.
+/// On a CPU without a chunk path there is nothing to check (the backend then keeps the GGUF
+/// layout); this machine has one.
+fn assert_checked_where_chunked(checked: usize, ty: GgmlType, cols: usize) {
+    if kernel_sets().iter().any(|k| k.has_chunks(ty, cols)) {
+        assert!(checked > 0, "no {ty} chunk rows were checked");
+    }
+}
+
 /// The chunked decode rows (`marco_quantize::chunks`) on every path that repacks, against
 /// the reference on the original rows: random, quantized and extreme rows, every width the
 /// layout takes.
@@ -233,14 +242,7 @@ fn dot_chunks_matches_reference() {
             }
         }
     }
-    // On a CPU without a chunk path there is nothing to check (the backend then keeps the
-    // GGUF layout); this machine has one.
-    if kernel_sets()
-        .iter()
-        .any(|k| k.has_chunks(GgmlType::Q5_0, 896))
-    {
-        assert!(checked > 0);
-    }
+    assert_checked_where_chunked(checked, GgmlType::Q5_0, 896);
 }
 
 /// Runs of chunked rows in one call (pairs of alternating chunks, an odd count ending with a
@@ -293,12 +295,7 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
             }
         }
     }
-    if kernel_sets()
-        .iter()
-        .any(|k| k.has_chunks(GgmlType::Q5_0, 896))
-    {
-        assert!(checked > 0);
-    }
+    assert_checked_where_chunked(checked, GgmlType::Q5_0, 896);
 }
 
 /// `Q6_K` chunk rows (super-blocks paired as they are) against `Q8_K` activations: runs of
@@ -345,9 +342,7 @@ fn q6_k_chunk_runs_match_reference() {
             }
         }
     }
-    if kernel_sets().iter().any(|k| k.has_chunks(ty, 256)) {
-        assert!(checked > 0);
-    }
+    assert_checked_where_chunked(checked, ty, 256);
 }
 
 /// Extreme quants against extreme activations: catches i16 saturation in the integer dots.

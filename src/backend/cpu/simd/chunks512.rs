@@ -21,7 +21,7 @@ use marco_quantize::chunks::{
     as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0,
 };
 
-use super::avx2::f16_to_f32;
+use super::avx2::{bytes_to_ps, f16_to_f32, load_ps};
 use super::k4_scales_mins;
 use super::q8k::{q6_acts, q6_sumi};
 use marco_quantize::blocks::{BlockQ6K, BlockQ8K};
@@ -323,13 +323,14 @@ fn q4_k<const R: usize>(w: &[ChunkQ4K], x: &ActChunks) -> Option<[__m512; R]> {
     let mut mins = [_mm256_setzero_ps(); R];
     for (j, ((xq, xd), xs)) in xq.iter().zip(xd).zip(xs).enumerate() {
         let q = [0, 1].map(|h| [load512(&xq[h][0]), load512(&xq[h][1])]);
-        let (xd, xs) = (load8(xd), load8(xs));
+        let (xd, xs) = (load_ps(xd), load_ps(xs));
         for r in 0..R {
             let c = w.get(R * j + r)?;
             let (sc, m) = k4_scales_mins(&c.scales);
             let (d, dmin) = scales2(c.d, c.dmin);
-            let scale = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_mul_ps(bytes8(sc), d), xd));
-            mins[r] = _mm256_fmadd_ps(_mm256_mul_ps(bytes8(m), dmin), xs, mins[r]);
+            let scale =
+                _mm512_castps256_ps512(_mm256_mul_ps(_mm256_mul_ps(bytes_to_ps(sc), d), xd));
+            mins[r] = _mm256_fmadd_ps(_mm256_mul_ps(bytes_to_ps(m), dmin), xs, mins[r]);
             for (h, acc) in acc[r].iter_mut().enumerate() {
                 let (lo, hi) = nibbles(&c.qs[h]);
                 let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, q[h][0]);
@@ -343,20 +344,6 @@ fn q4_k<const R: usize>(w: &[ChunkQ4K], x: &ActChunks) -> Option<[__m512; R]> {
         let a = acc[r];
         _mm512_sub_ps(_mm512_add_ps(a[0], a[1]), _mm512_zextps256_ps512(mins[r]))
     }))
-}
-
-/// The 8 bytes of `v` as 8 f32 lanes.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn bytes8(v: u64) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn load8(p: &[f32; 8]) -> __m256 {
-    // SAFETY: `p` is 8 readable floats and the load is unaligned.
-    unsafe { _mm256_loadu_ps(p.as_ptr()) }
 }
 
 /// Two f16 values, each broadcast to 8 f32 lanes.
