@@ -404,6 +404,11 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
     true
 }
 
+/// Sixteen i32 lanes on a cache line of their own, so the kernels load them in one piece.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lanes16(pub [i32; 16]);
+
 /// One token's activation blocks in chunk order: per chunk the low halves of its 4 blocks
 /// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; per chunk
 /// 16 i32 lanes, lane `l` holding `-Σq` over bytes `4l..4l+4` of both halves (the ones a byte
@@ -418,7 +423,7 @@ fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
 pub struct ActChunks {
     pub q: Vec<[[i8; 64]; 2]>,
     pub d: Vec<f32>,
-    pub neg_sums: Vec<[i32; 16]>,
+    pub neg_sums: Vec<Lanes16>,
     pub dsum: Vec<f32>,
     q8k: Vec<u8>,
 }
@@ -439,10 +444,10 @@ impl ActChunks {
             .extend(chunks.iter().flatten().map(|b| b.d * b.sum as f32));
         self.neg_sums.clear();
         let lanes = self.q.iter().map(|q| {
-            std::array::from_fn(|l| {
+            Lanes16(std::array::from_fn(|l| {
                 let bytes = q[0][4 * l..4 * l + 4].iter().chain(&q[1][4 * l..4 * l + 4]);
                 -bytes.map(|&v| v as i32).sum::<i32>()
-            })
+            }))
         });
         self.neg_sums.extend(lanes);
     }
@@ -623,7 +628,7 @@ mod tests {
         let mut total = 0.0f32;
         for (ci, c) in as_chunks::<ChunkQ8_0>(&packed).unwrap().iter().enumerate() {
             for b in 0..4 {
-                let lanes = &a.neg_sums[ci][4 * b..4 * b + 4];
+                let lanes = &a.neg_sums[ci].0[4 * b..4 * b + 4];
                 assert_eq!(lanes.iter().sum::<i32>(), -xq[4 * ci + b].sum);
                 let mut s = lanes.iter().sum::<i32>() * ChunkQ8_0::OFFSET;
                 for h in 0..2 {

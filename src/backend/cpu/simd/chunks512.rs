@@ -256,7 +256,7 @@ fn legacy_rows<C: Chunk + Scales>(
     let shift = _mm_cvtsi32_si128(C::OFFSET.trailing_zeros() as i32);
     let acts = |j: usize| -> Option<ChunkActs> {
         let d = x.d.get(4 * j..4 * j + 4)?.as_chunks::<4>().0.first()?;
-        Some(chunk_acts(x.q.get(j)?, d, x.neg_sums.get(j)?, shift))
+        Some(chunk_acts(x.q.get(j)?, d, &x.neg_sums.get(j)?.0, shift))
     };
     let zero = _mm512_setzero_ps();
     let (pairs, last) = w.as_chunks::<2>();
