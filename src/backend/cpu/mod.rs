@@ -383,10 +383,19 @@ impl Backend for CpuBackend {
             let rows = self.weight(j.weight).rows;
             outs[i] = self.buf_ptr(j.out, rows * n_tokens)?;
         }
+        // One token: tasks of at least MIN_TASK_BYTES of weights, so that claiming a task
+        // stays small beside streaming it.
+        let min_rows = if n_tokens == 1 {
+            let row_bytes = jobs.iter().map(|j| self.weight(j.weight).row_bytes).max();
+            MIN_TASK_BYTES / row_bytes.unwrap_or(1).max(1)
+        } else {
+            0
+        };
         let plan = RowPlan::new(
             jobs.iter().map(|j| self.weight(j.weight).rows),
             self.pool.n_threads(),
             n_tokens >= GEMM_MIN_TOKENS,
+            min_rows,
         );
         let ctx = MatCtx {
             weights: &self.weights,
@@ -569,6 +578,13 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
     (1.0 / (sum / row.len() as f64 + eps as f64).sqrt()) as f32
 }
 
+/// The least weight bytes of a one-token matmul task. Claiming a task bounces the pool's
+/// counters between cores (a few hundred nanoseconds on this kind of VM); tasks of the
+/// decode rows of the default model's attention (one 16th of a thread's share: about 22 KB,
+/// under a microsecond of streaming) lost a third of their speed to it on two threads, and
+/// 64 KB tasks (about 2 µs) still leave a dozen tasks per op to balance a slow thread.
+const MIN_TASK_BYTES: usize = 64 << 10;
+
 /// How the rows of up to four matmul outputs are cut into tasks.
 struct RowPlan {
     rows: [usize; 4],
@@ -578,7 +594,13 @@ struct RowPlan {
 
 impl RowPlan {
     /// `whole_tiles`: tasks of whole 8-row GEMM tiles (prompts).
-    fn new(rows: impl Iterator<Item = usize>, n_threads: usize, whole_tiles: bool) -> RowPlan {
+    /// `min_rows`: the fewest rows a task should have (tasks stay at 4 to 256 rows).
+    fn new(
+        rows: impl Iterator<Item = usize>,
+        n_threads: usize,
+        whole_tiles: bool,
+        min_rows: usize,
+    ) -> RowPlan {
         let mut r = [0usize; 4];
         for (i, n) in rows.enumerate() {
             r[i] = n;
@@ -586,7 +608,7 @@ impl RowPlan {
         let total: usize = r.iter().sum();
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
-        let rows_per_task = (total / (n_threads * 16)).clamp(4, 256);
+        let rows_per_task = (total / (n_threads * 16)).max(min_rows).clamp(4, 256);
         // Even, so each task starts at a pair of chunked rows (`chunks::pack_rows`).
         let rows_per_task = rows_per_task.next_multiple_of(if whole_tiles { 8 } else { 2 });
         let mut tasks_before = [0usize; 5];

@@ -3,10 +3,12 @@
 //! Why not rayon or OpenMP-style pools: an op lasts tens of microseconds while decoding, and pools
 //! that spin, or that wait for every worker at a barrier, collapse on a shared 2-vCPU machine as
 //! soon as another process is busy: each op then waits for a descheduled worker. Here:
-//! - tasks are claimed from one atomic counter, so whoever runs does the work; a worker that was
-//!   descheduled finds nothing left and costs nothing;
+//! - each thread owns a contiguous share of the tasks and claims them in order from an atomic
+//!   word, so its weight rows stay one sequential stream for the prefetchers; a thread that
+//!   runs out takes tasks from the end of the largest share left, so whoever runs does the
+//!   work, and a worker that was descheduled finds its share taken and costs nothing;
 //! - the caller waits for *tasks* to complete, not for workers to check in;
-//! - the counter carries the job's generation, so a late worker can never claim a task of a newer
+//! - the words carry the job's generation, so a late worker can never claim a task of a newer
 //!   job with an older job's closure;
 //! - idle workers spin only briefly, then sleep on a condition variable;
 //! - when the workers stop paying off (they hold tasks but keep losing their core to a busy
@@ -29,17 +31,21 @@ unsafe impl Send for JobPtr {}
 struct Slot {
     generation: u32,
     job: Option<JobPtr>,
-    n_tasks: usize,
     shutdown: bool,
 }
 
 struct Shared {
     slot: Mutex<Slot>,
     wake: Condvar,
-    /// `generation << 32 | next task index` of the current job.
+    /// `generation << 32` of the current job (what polling workers watch).
     claim: AtomicU64,
+    /// Per thread, its share of the current job's tasks: see [`Share`].
+    shares: Box<[AtomicU64]>,
     /// Tasks of the current job finished so far.
     done: AtomicUsize,
+    /// Workers asleep on `wake` (changed under `slot`'s lock), so that a job wakes them with
+    /// a system call only when some are (most jobs of a token find them still polling).
+    sleepers: AtomicUsize,
 }
 
 /// Fork-join pool with `n_threads - 1` workers; the calling thread is worker 0.
@@ -87,6 +93,10 @@ const MAX_BACKOFF: u32 = 5;
 /// consecutive ops of one token, short enough not to take a busy neighbour's core for long.
 const SPIN: Duration = Duration::from_micros(30);
 
+/// How long the caller polls for a worker's last tasks before it yields its core: about as
+/// long as one task of a decoded token streams (see the CPU backend's task sizes).
+const SPIN_DONE: Duration = Duration::from_micros(5);
+
 impl ThreadPool {
     pub fn new(n_threads: usize) -> ThreadPool {
         let n_threads = n_threads.max(1);
@@ -94,12 +104,13 @@ impl ThreadPool {
             slot: Mutex::new(Slot {
                 generation: 0,
                 job: None,
-                n_tasks: 0,
                 shutdown: false,
             }),
             wake: Condvar::new(),
             claim: AtomicU64::new(0),
+            shares: (0..n_threads).map(|_| AtomicU64::new(0)).collect(),
             done: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -128,6 +139,13 @@ impl ThreadPool {
         if n_tasks == 0 {
             return;
         }
+        if n_tasks > Share::MAX_TASKS {
+            for base in (0..n_tasks).step_by(Share::MAX_TASKS) {
+                let n = Share::MAX_TASKS.min(n_tasks - base);
+                self.run(n, &|t, w| f(base + t, w));
+            }
+            return;
+        }
         if self.n_threads == 1 || n_tasks == 1 {
             (0..n_tasks).for_each(|t| f(t, 0));
             return;
@@ -147,23 +165,38 @@ impl ThreadPool {
         let job = JobPtr(unsafe { std::mem::transmute::<&TaskFn<'_>, *const TaskFn<'static>>(f) });
         let s = &self.shared;
         s.done.store(0, Ordering::Relaxed);
-        {
+        let sleeping = {
             let mut slot = s.slot.lock().unwrap();
             slot.generation = generation;
             slot.job = Some(job);
-            slot.n_tasks = n_tasks;
+            let n = s.shares.len();
+            for (w, share) in s.shares.iter().enumerate() {
+                let range = w * n_tasks / n..(w + 1) * n_tasks / n;
+                share.store(Share::pack(generation, range), Ordering::Release);
+            }
             s.claim.store((generation as u64) << 32, Ordering::Release);
+            // A worker that has not seen this generation is polling, or counted here: it
+            // counts itself under this lock before it sleeps.
+            s.sleepers.load(Ordering::Relaxed)
+        };
+        if sleeping > 0 {
+            s.wake.notify_all();
         }
-        s.wake.notify_all();
-        let own_tasks = run_tasks(s, generation, n_tasks, f, 0);
+        let own_tasks = run_tasks(s, generation, f, 0);
         // Tasks of a job are about the same size: alone, the caller would have needed its
         // own time per task for all of them.
         let alone = started
             .elapsed()
             .mul_f64(n_tasks as f64 / own_tasks.max(1) as f64);
+        let waiting = Instant::now();
         while s.done.load(Ordering::Acquire) < n_tasks {
-            // A worker holds the last tasks; give it the core if it needs it.
-            std::thread::yield_now();
+            // A worker holds the last tasks: poll while they are likely still running on
+            // their core, then give the core to a worker that may need it.
+            if waiting.elapsed() < SPIN_DONE {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         s.slot.lock().unwrap().job = None;
         // (A caller that ran no task has no estimate: count the job as neutral.)
@@ -210,10 +243,13 @@ impl ThreadPool {
     }
 }
 
-/// Claims and runs tasks of `generation` until none are left; returns how many it ran.
-fn run_tasks(s: &Shared, generation: u32, n_tasks: usize, f: &TaskFn<'_>, worker: usize) -> usize {
+/// Claims and runs tasks of `generation` until none are left, its own share first; returns
+/// how many it ran.
+fn run_tasks(s: &Shared, generation: u32, f: &TaskFn<'_>, worker: usize) -> usize {
     let mut ran = 0;
-    while let Some(task) = claim(s, generation, n_tasks) {
+    while let Some(task) = Share::claim_front(&s.shares[worker], generation)
+        .or_else(|| Share::steal(&s.shares, generation))
+    {
         f(task, worker);
         s.done.fetch_add(1, Ordering::AcqRel);
         ran += 1;
@@ -221,19 +257,62 @@ fn run_tasks(s: &Shared, generation: u32, n_tasks: usize, f: &TaskFn<'_>, worker
     ran
 }
 
-fn claim(s: &Shared, generation: u32, n_tasks: usize) -> Option<usize> {
-    let mut cur = s.claim.load(Ordering::Acquire);
-    loop {
-        let (gen, next) = ((cur >> 32) as u32, (cur & 0xffff_ffff) as usize);
-        if gen != generation || next >= n_tasks {
-            return None;
+/// A thread's share of a job's tasks in one atomic word: the job's generation (its low 24
+/// bits), the next task and the end of the share (20 bits each). The owner takes tasks from
+/// the front, others from the back, both by compare-and-swap on the whole word.
+struct Share;
+
+impl Share {
+    /// Jobs with more tasks run in rounds of this many.
+    const MAX_TASKS: usize = (1 << 20) - 1;
+    const MASK: u64 = (1 << 20) - 1;
+
+    fn pack(generation: u32, range: std::ops::Range<usize>) -> u64 {
+        (generation as u64 & 0xFF_FFFF) << 40 | (range.start as u64) << 20 | range.end as u64
+    }
+
+    /// (next, end) of `word` if it belongs to `generation`.
+    fn unpack(word: u64, generation: u32) -> Option<(u64, u64)> {
+        ((word >> 40) == generation as u64 & 0xFF_FFFF)
+            .then_some(((word >> 20) & Self::MASK, word & Self::MASK))
+    }
+
+    fn claim_front(share: &AtomicU64, generation: u32) -> Option<usize> {
+        let mut cur = share.load(Ordering::Acquire);
+        loop {
+            let (next, end) = Self::unpack(cur, generation)?;
+            if next >= end {
+                return None;
+            }
+            match share.compare_exchange_weak(
+                cur,
+                cur + (1 << 20),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(next as usize),
+                Err(actual) => cur = actual,
+            }
         }
-        match s
-            .claim
-            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => return Some(next),
-            Err(actual) => cur = actual,
+    }
+
+    /// The last task of the largest share left.
+    fn steal(shares: &[AtomicU64], generation: u32) -> Option<usize> {
+        loop {
+            let (share, cur, _) = shares
+                .iter()
+                .filter_map(|sh| {
+                    let cur = sh.load(Ordering::Acquire);
+                    let (next, end) = Self::unpack(cur, generation)?;
+                    (next < end).then_some((sh, cur, end - next))
+                })
+                .max_by_key(|&(_, _, left)| left)?;
+            if share
+                .compare_exchange(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(((cur & Self::MASK) - 1) as usize);
+            }
         }
     }
 }
@@ -242,23 +321,25 @@ fn worker_loop(s: &Shared, index: usize) {
     let mut seen = 0u32;
     loop {
         spin_for_work(s, seen);
-        let (generation, job, n_tasks) = {
+        let (generation, job) = {
             let mut slot = s.slot.lock().unwrap();
             while slot.generation == seen && !slot.shutdown {
+                s.sleepers.fetch_add(1, Ordering::Relaxed);
                 slot = s.wake.wait(slot).unwrap();
+                s.sleepers.fetch_sub(1, Ordering::Relaxed);
             }
             if slot.shutdown {
                 return;
             }
             seen = slot.generation;
             match slot.job {
-                Some(job) => (slot.generation, job, slot.n_tasks),
+                Some(job) => (slot.generation, job),
                 None => continue, // that job is already finished
             }
         };
         // SAFETY: see `ThreadPool::run`; claims fail once the generation is over.
         let f = unsafe { &*job.0 };
-        run_tasks(s, generation, n_tasks, f, index);
+        run_tasks(s, generation, f, index);
     }
 }
 
@@ -301,6 +382,49 @@ impl<T> SharedMut<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A share claimed from the front by its owner and from the back by others yields each
+    /// task once, and nothing under another generation.
+    #[test]
+    fn shares_give_each_task_once() {
+        let shares: Box<[AtomicU64]> = [0..3, 3..7]
+            .into_iter()
+            .map(|r| AtomicU64::new(Share::pack(9, r)))
+            .collect();
+        assert_eq!(Share::claim_front(&shares[0], 8), None);
+        assert_eq!(Share::steal(&shares, 10), None);
+        assert_eq!(Share::claim_front(&shares[0], 9), Some(0));
+        // The largest share left loses its last task.
+        assert_eq!(Share::steal(&shares, 9), Some(6));
+        let mut got = vec![0, 6];
+        while let Some(t) = Share::claim_front(&shares[1], 9) {
+            got.push(t);
+        }
+        while let Some(t) = Share::steal(&shares, 9) {
+            got.push(t);
+        }
+        got.sort();
+        assert_eq!(got, (0..7).collect::<Vec<_>>());
+        // Generations wrap at 24 bits in the word, and match as such.
+        let word = AtomicU64::new(Share::pack(u32::MAX, 5..6));
+        assert_eq!(Share::claim_front(&word, u32::MAX), Some(5));
+    }
+
+    /// Uneven tasks make the threads take from each other's shares: still each once.
+    #[test]
+    fn uneven_tasks_each_run_once() {
+        let pool = ThreadPool::new(2);
+        for n in [2, 3, 17, 300] {
+            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(n, &|t, _| {
+                if t < n / 2 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                counts[t].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        }
+    }
 
     #[test]
     fn every_task_runs_once() {
