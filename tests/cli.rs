@@ -338,20 +338,35 @@ fn bench_bandwidth_prints_the_share_of_the_read_loop() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("Decoding reads 391.6 MB of weights per token"), "{out}");
+    assert!(
+        out.contains("Decoding reads 391.6 MB of weights per token"),
+        "{out}"
+    );
     let rows: Vec<Vec<&str>> = out
         .lines()
         .filter(|l| l.contains("| tg2 |") && !l.contains("cpu ("))
-        .map(|l| l.split('|').map(str::trim).filter(|c| !c.is_empty()).collect())
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
         .collect();
     assert_eq!(rows.len(), 2, "{out}");
     for (row, threads) in rows.iter().zip(["1", "2"]) {
         assert_eq!(row[0], threads, "{out}");
         let gbs = |i: usize| row[i].trim_end_matches(" GB/s").parse::<f64>().unwrap();
         let pct = |i: usize| row[i].trim_end_matches('%').parse::<f64>().unwrap();
-        assert!(gbs(2) > 0.0 && gbs(3) > 0.0 && gbs(5) >= gbs(3) * 0.5, "{out}");
+        assert!(
+            gbs(2) > 0.0 && gbs(3) > 0.0 && gbs(5) >= gbs(3) * 0.5,
+            "{out}"
+        );
         assert!((pct(6) - 100.0 * gbs(2) / gbs(5)).abs() < 1.5, "{out}");
         assert!(pct(4) > 0.0, "{out}");
     }
-    assert!(stderr(&o).contains("with the read loop's 1024 MiB"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("with the read loop's 1024 MiB"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -46,9 +46,9 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also measure this machine's memory read bandwidth at each thread count and print what
-    /// share of it decoding uses (a token reads every matmul weight once). A read pass runs
-    /// just before each decoding repetition, so each share compares the two under the same
-    /// conditions; the best of five passes after all tests is shown too.
+    /// share of it decoding uses (a token reads every matmul weight once). Two read passes run
+    /// just before each decoding repetition (the better one counts), so each share compares
+    /// the two under the same conditions; the best of five passes after all tests is shown too.
     #[arg(long)]
     bandwidth: bool,
 }
@@ -224,7 +224,8 @@ fn bandwidth_table(
     let _ = writeln!(
         out,
         "Decoding reads {:.1} MB of weights per token. Read loop: a pass just before each \
-         repetition (mean), and the best of five after all tests.",
+         repetition (the better of two; the median over repetitions, as is the share), and \
+         the best of five after all tests.",
         per_token / 1e6
     );
     let _ = writeln!(
@@ -240,7 +241,7 @@ fn bandwidth_table(
         {
             let rates: Vec<f64> = s.ts.iter().map(|ts| ts * per_token).collect();
             let rate = mean_sd(&rates).0;
-            let beside = mean_sd(&s.read).0;
+            let beside = median(&s.read);
             let shares: Vec<f64> = rates.iter().zip(&s.read).map(|(r, b)| r / b).collect();
             let _ = writeln!(
                 out,
@@ -248,7 +249,7 @@ fn bandwidth_table(
                 test_name(s),
                 rate / 1e9,
                 beside / 1e9,
-                100.0 * mean_sd(&shares).0,
+                100.0 * median(&shares),
                 best / 1e9,
                 100.0 * rate / best
             );
@@ -291,7 +292,9 @@ fn run_test(
     let mut read = Vec::new();
     for _ in 0..reps {
         if let Some(r) = read_loop {
-            read.push(r.pass(n_threads));
+            // The better of two passes: a single one is now and then hit by a hiccup of
+            // this VM (a pass at a quarter of the others').
+            read.push(r.pass(n_threads).max(r.pass(n_threads)));
         }
         let secs = once(engine)?;
         ts.push((n_prompt + n_gen) as f64 / secs);
@@ -306,6 +309,16 @@ fn run_test(
         ns,
         read,
     })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
