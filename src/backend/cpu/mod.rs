@@ -386,7 +386,8 @@ impl Backend for CpuBackend {
         // One token: tasks of at least MIN_TASK_BYTES of weights, so that claiming a task
         // stays small beside streaming it.
         let min_rows = if n_tokens == 1 {
-            let row_bytes = jobs.iter().map(|j| self.weight(j.weight).row_bytes).max();
+            // The shortest rows set the count, so every task holds at least that much.
+            let row_bytes = jobs.iter().map(|j| self.weight(j.weight).row_bytes).min();
             MIN_TASK_BYTES / row_bytes.unwrap_or(1).max(1)
         } else {
             0

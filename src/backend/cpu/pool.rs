@@ -4,17 +4,19 @@
 //! that spin, or that wait for every worker at a barrier, collapse on a shared 2-vCPU machine as
 //! soon as another process is busy: each op then waits for a descheduled worker. Here:
 //! - each thread owns a contiguous share of the tasks and claims them in order from an atomic
-//!   word, so its weight rows stay one sequential stream for the prefetchers; a thread that
-//!   runs out takes tasks from the end of the largest share left, so whoever runs does the
-//!   work, and a worker that was descheduled finds its share taken and costs nothing;
+//!   word, so the weight rows it reads are one forward stream for the prefetchers; a thread
+//!   that runs out takes tasks one by one from the end of the largest share left, so whoever
+//!   runs does the work, and a worker that was descheduled finds its share taken and costs
+//!   nothing;
 //! - the caller waits for *tasks* to complete, not for workers to check in;
-//! - the words carry the job's generation, so a late worker can never claim a task of a newer
-//!   job with an older job's closure;
+//! - a worker reads the job's closure only after it has claimed a task, which keeps that job
+//!   alive, so a late worker can never run a task with an older job's closure (the words'
+//!   generation only keeps late workers from claiming tasks of jobs they did not see);
 //! - idle workers spin only briefly, then sleep on a condition variable;
 //! - when the workers stop paying off (they hold tasks but keep losing their core to a busy
 //!   neighbour), the pool runs alone for a while, then tries its workers again.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,26 +25,29 @@ use std::time::{Duration, Instant};
 type TaskFn<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 /// Pointer to the current job's closure; valid while its generation's tasks are unfinished.
-#[derive(Clone, Copy)]
 struct JobPtr(*const TaskFn<'static>);
-// SAFETY: the closure is `Sync`; see `ThreadPool::run` for its lifetime.
-unsafe impl Send for JobPtr {}
 
 struct Slot {
     generation: u32,
-    job: Option<JobPtr>,
     shutdown: bool,
 }
+
+/// A value on cache lines of its own (two: the adjacent-line prefetcher fetches lines in
+/// pairs), so that one thread's claims do not take the line of another's word away.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 struct Shared {
     slot: Mutex<Slot>,
     wake: Condvar,
-    /// `generation << 32` of the current job (what polling workers watch).
-    claim: AtomicU64,
+    /// The current job's generation (what polling workers watch).
+    announced: AtomicU32,
+    /// The current job's closure, published before its shares (see [`run_tasks`]).
+    job: AtomicPtr<JobPtr>,
     /// Per thread, its share of the current job's tasks: see [`Share`].
-    shares: Box<[AtomicU64]>,
+    shares: Box<[Padded<AtomicU64>]>,
     /// Tasks of the current job finished so far.
-    done: AtomicUsize,
+    done: Padded<AtomicUsize>,
     /// Workers asleep on `wake` (changed under `slot`'s lock), so that a job wakes them with
     /// a system call only when some are (most jobs of a token find them still polling).
     sleepers: AtomicUsize,
@@ -93,8 +98,8 @@ const MAX_BACKOFF: u32 = 5;
 /// consecutive ops of one token, short enough not to take a busy neighbour's core for long.
 const SPIN: Duration = Duration::from_micros(30);
 
-/// How long the caller polls for a worker's last tasks before it yields its core: about as
-/// long as one task of a decoded token streams (see the CPU backend's task sizes).
+/// How long the caller polls for a worker's last tasks before it yields its core: a couple of
+/// a decoded token's tasks (at least 64 KB of weights each, about 2 µs; see the CPU backend).
 const SPIN_DONE: Duration = Duration::from_micros(5);
 
 impl ThreadPool {
@@ -103,13 +108,13 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 generation: 0,
-                job: None,
                 shutdown: false,
             }),
             wake: Condvar::new(),
-            claim: AtomicU64::new(0),
-            shares: (0..n_threads).map(|_| AtomicU64::new(0)).collect(),
-            done: AtomicUsize::new(0),
+            announced: AtomicU32::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            shares: (0..n_threads).map(|_| Padded(AtomicU64::new(0))).collect(),
+            done: Padded(AtomicUsize::new(0)),
             sleepers: AtomicUsize::new(0),
         });
         let workers = (1..n_threads)
@@ -160,21 +165,25 @@ impl ThreadPool {
         let started = Instant::now();
         let generation = self.generation.get().wrapping_add(1);
         self.generation.set(generation);
-        // SAFETY: the lifetime is erased; a worker only calls the closure for a task it claimed
-        // under this generation, and we return only after every such task has completed.
+        // SAFETY: the lifetime is erased; a worker calls the closure only for a task of this
+        // job that it has claimed, and we return only after every task has completed.
         let job = JobPtr(unsafe { std::mem::transmute::<&TaskFn<'_>, *const TaskFn<'static>>(f) });
         let s = &self.shared;
-        s.done.store(0, Ordering::Relaxed);
+        s.done.0.store(0, Ordering::Relaxed);
         let sleeping = {
             let mut slot = s.slot.lock().unwrap();
             slot.generation = generation;
-            slot.job = Some(job);
+            s.job
+                .store(std::ptr::from_ref(&job).cast_mut(), Ordering::Release);
+            // The caller's share (the first) is the one rounded up: it is sure to run.
             let n = s.shares.len();
             for (w, share) in s.shares.iter().enumerate() {
-                let range = w * n_tasks / n..(w + 1) * n_tasks / n;
-                share.store(Share::pack(generation, range), Ordering::Release);
+                let range = (w * n_tasks).div_ceil(n)..((w + 1) * n_tasks).div_ceil(n);
+                share
+                    .0
+                    .store(Share::pack(generation, range), Ordering::Release);
             }
-            s.claim.store((generation as u64) << 32, Ordering::Release);
+            s.announced.store(generation, Ordering::Release);
             // A worker that has not seen this generation is polling, or counted here: it
             // counts itself under this lock before it sleeps.
             s.sleepers.load(Ordering::Relaxed)
@@ -182,14 +191,16 @@ impl ThreadPool {
         if sleeping > 0 {
             s.wake.notify_all();
         }
-        let own_tasks = run_tasks(s, generation, f, 0);
-        // Tasks of a job are about the same size: alone, the caller would have needed its
-        // own time per task for all of them.
+        let own_tasks = run_tasks(s, generation, 0, |task| f(task, 0));
+        // Alone, the caller would have needed about its own time per task for all of them.
+        // (Its share is the job's first tasks, which may be cheaper, as the first tokens of a
+        // prompt's attention are: then this runs low, and only starts a solo trial sooner;
+        // the trial's measured window decides.)
         let alone = started
             .elapsed()
             .mul_f64(n_tasks as f64 / own_tasks.max(1) as f64);
         let waiting = Instant::now();
-        while s.done.load(Ordering::Acquire) < n_tasks {
+        while s.done.0.load(Ordering::Acquire) < n_tasks {
             // A worker holds the last tasks: poll while they are likely still running on
             // their core, then give the core to a worker that may need it.
             if waiting.elapsed() < SPIN_DONE {
@@ -198,7 +209,7 @@ impl ThreadPool {
                 std::thread::yield_now();
             }
         }
-        s.slot.lock().unwrap().job = None;
+        s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
         // (A caller that ran no task has no estimate: count the job as neutral.)
         let total = started.elapsed();
         self.note_job(total, if own_tasks == 0 { total } else { alone });
@@ -245,16 +256,32 @@ impl ThreadPool {
 
 /// Claims and runs tasks of `generation` until none are left, its own share first; returns
 /// how many it ran.
-fn run_tasks(s: &Shared, generation: u32, f: &TaskFn<'_>, worker: usize) -> usize {
+fn run_tasks(s: &Shared, generation: u32, worker: usize, run: impl Fn(usize)) -> usize {
     let mut ran = 0;
-    while let Some(task) = Share::claim_front(&s.shares[worker], generation)
+    while let Some(task) = Share::claim_front(&s.shares[worker].0, generation)
         .or_else(|| Share::steal(&s.shares, generation))
     {
-        f(task, worker);
-        s.done.fetch_add(1, Ordering::AcqRel);
+        run(task);
+        s.done.0.fetch_add(1, Ordering::AcqRel);
         ran += 1;
     }
     ran
+}
+
+/// Runs task `task` of the job that published its closure: called right after the task was
+/// claimed. That job cannot finish before this task does, and the next cannot be published
+/// before it finishes, so the closure read here is that job's and lives until the call ends,
+/// whatever generation the worker thought it was claiming under (the words' 24 bits of it
+/// wrap after 2^24 jobs).
+fn run_claimed(s: &Shared, task: usize, worker: usize) {
+    let job = s.job.load(Ordering::Acquire);
+    debug_assert!(
+        !job.is_null(),
+        "internal: a task claimed with no job published"
+    );
+    // SAFETY: see above; the claim's acquire of the share word, published after the closure,
+    // makes the closure visible.
+    unsafe { (*(*job).0)(task, worker) }
 }
 
 /// A thread's share of a job's tasks in one atomic word: the job's generation (its low 24
@@ -297,11 +324,12 @@ impl Share {
     }
 
     /// The last task of the largest share left.
-    fn steal(shares: &[AtomicU64], generation: u32) -> Option<usize> {
+    fn steal(shares: &[Padded<AtomicU64>], generation: u32) -> Option<usize> {
         loop {
             let (share, cur, _) = shares
                 .iter()
                 .filter_map(|sh| {
+                    let sh = &sh.0;
                     let cur = sh.load(Ordering::Acquire);
                     let (next, end) = Self::unpack(cur, generation)?;
                     (next < end).then_some((sh, cur, end - next))
@@ -321,7 +349,7 @@ fn worker_loop(s: &Shared, index: usize) {
     let mut seen = 0u32;
     loop {
         spin_for_work(s, seen);
-        let (generation, job) = {
+        let generation = {
             let mut slot = s.slot.lock().unwrap();
             while slot.generation == seen && !slot.shutdown {
                 s.sleepers.fetch_add(1, Ordering::Relaxed);
@@ -332,20 +360,15 @@ fn worker_loop(s: &Shared, index: usize) {
                 return;
             }
             seen = slot.generation;
-            match slot.job {
-                Some(job) => (slot.generation, job),
-                None => continue, // that job is already finished
-            }
+            slot.generation
         };
-        // SAFETY: see `ThreadPool::run`; claims fail once the generation is over.
-        let f = unsafe { &*job.0 };
-        run_tasks(s, generation, f, index);
+        run_tasks(s, generation, index, |task| run_claimed(s, task, index));
     }
 }
 
 fn spin_for_work(s: &Shared, seen: u32) {
     let start = Instant::now();
-    while (s.claim.load(Ordering::Relaxed) >> 32) as u32 == seen {
+    while s.announced.load(Ordering::Relaxed) == seen {
         if start.elapsed() > SPIN {
             return;
         }
@@ -387,17 +410,17 @@ mod tests {
     /// task once, and nothing under another generation.
     #[test]
     fn shares_give_each_task_once() {
-        let shares: Box<[AtomicU64]> = [0..3, 3..7]
+        let shares: Box<[Padded<AtomicU64>]> = [0..3, 3..7]
             .into_iter()
-            .map(|r| AtomicU64::new(Share::pack(9, r)))
+            .map(|r| Padded(AtomicU64::new(Share::pack(9, r))))
             .collect();
-        assert_eq!(Share::claim_front(&shares[0], 8), None);
+        assert_eq!(Share::claim_front(&shares[0].0, 8), None);
         assert_eq!(Share::steal(&shares, 10), None);
-        assert_eq!(Share::claim_front(&shares[0], 9), Some(0));
+        assert_eq!(Share::claim_front(&shares[0].0, 9), Some(0));
         // The largest share left loses its last task.
         assert_eq!(Share::steal(&shares, 9), Some(6));
         let mut got = vec![0, 6];
-        while let Some(t) = Share::claim_front(&shares[1], 9) {
+        while let Some(t) = Share::claim_front(&shares[1].0, 9) {
             got.push(t);
         }
         while let Some(t) = Share::steal(&shares, 9) {
@@ -408,6 +431,33 @@ mod tests {
         // Generations wrap at 24 bits in the word, and match as such.
         let word = AtomicU64::new(Share::pack(u32::MAX, 5..6));
         assert_eq!(Share::claim_front(&word, u32::MAX), Some(5));
+    }
+
+    /// More tasks than a share word holds run in rounds: still each once, in task order
+    /// per round.
+    #[test]
+    fn jobs_beyond_a_word_run_in_rounds() {
+        let pool = ThreadPool::new(2);
+        let n = Share::MAX_TASKS + 5;
+        let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(n, &|t, _| {
+            counts[t].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
+
+    /// Fewer tasks than threads: the caller's share is not the empty one.
+    #[test]
+    fn the_caller_gets_a_task_when_tasks_are_fewer_than_threads() {
+        let pool = ThreadPool::new(3);
+        let ran_by_caller = AtomicUsize::new(0);
+        pool.run(2, &|_, w| {
+            if w == 0 {
+                ran_by_caller.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        assert!(ran_by_caller.load(Ordering::Relaxed) >= 1);
     }
 
     /// Uneven tasks make the threads take from each other's shares: still each once.
