@@ -433,17 +433,20 @@ mod tests {
         assert_eq!(Share::claim_front(&word, u32::MAX), Some(5));
     }
 
-    /// More tasks than a share word holds run in rounds: still each once, in task order
-    /// per round.
-    #[test]
-    fn jobs_beyond_a_word_run_in_rounds() {
-        let pool = ThreadPool::new(2);
-        let n = Share::MAX_TASKS + 5;
+    /// Runs `n` tasks on `pool`, each first doing `work(task)`, and checks each ran once.
+    fn assert_each_task_runs_once(pool: &ThreadPool, n: usize, work: impl Fn(usize) + Sync) {
         let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
         pool.run(n, &|t, _| {
+            work(t);
             counts[t].fetch_add(1, Ordering::Relaxed);
         });
         assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    }
+
+    /// More tasks than a share word holds run in rounds: still each once.
+    #[test]
+    fn jobs_beyond_a_word_run_in_rounds() {
+        assert_each_task_runs_once(&ThreadPool::new(2), Share::MAX_TASKS + 5, |_| {});
     }
 
     /// Fewer tasks than threads: the caller's share is not the empty one.
@@ -465,14 +468,11 @@ mod tests {
     fn uneven_tasks_each_run_once() {
         let pool = ThreadPool::new(2);
         for n in [2, 3, 17, 300] {
-            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(n, &|t, _| {
+            assert_each_task_runs_once(&pool, n, |t| {
                 if t < n / 2 {
                     std::thread::sleep(Duration::from_micros(200));
                 }
-                counts[t].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
         }
     }
 
@@ -480,11 +480,7 @@ mod tests {
     fn every_task_runs_once() {
         let pool = ThreadPool::new(3);
         for n in [0, 1, 2, 7, 100, 1000] {
-            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            pool.run(n, &|t, _| {
-                counts[t].fetch_add(1, Ordering::Relaxed);
-            });
-            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+            assert_each_task_runs_once(&pool, n, |_| {});
         }
     }
 
