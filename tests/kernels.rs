@@ -271,15 +271,7 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
             for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
                 // The whole run, then the run from the second pair on.
                 for first in [0, 2].into_iter().filter(|&f| f < n_rows) {
-                    // 16 spare outputs after the run: a partial group's store must not touch them.
-                    let n = n_rows - first;
-                    let mut buf = vec![f32::NAN; n + 16];
-                    k.dot_chunks(ty, &packed[first * rb..], &acts, &mut buf[..n]);
-                    assert!(
-                        buf[n..].iter().all(|v| v.is_nan()),
-                        "{ty}: wrote past the run"
-                    );
-                    let got = &buf[..n];
+                    let got = dot_chunk_run(k, ty, &packed[first * rb..], &acts, n_rows - first);
                     for (i, &g) in got.iter().enumerate() {
                         let row = &w[(first + i) * rb..(first + i + 1) * rb];
                         let want = vec_dot_q8(ty, row, &x);
@@ -296,6 +288,25 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
         }
     }
     assert_checked_where_chunked(checked, GgmlType::Q5_0, 896);
+}
+
+/// `k.dot_chunks` over the first `n` packed rows of `packed`, into a buffer with 16 spare
+/// outputs after the run that a partial group's store must not touch.
+fn dot_chunk_run(
+    k: Kernels,
+    ty: GgmlType,
+    packed: &[u8],
+    acts: &marco_quantize::chunks::ActChunks,
+    n: usize,
+) -> Vec<f32> {
+    let mut buf = vec![f32::NAN; n + 16];
+    k.dot_chunks(ty, packed, acts, &mut buf[..n]);
+    assert!(
+        buf[n..].iter().all(|v| v.is_nan()),
+        "{ty}: wrote past the run"
+    );
+    buf.truncate(n);
+    buf
 }
 
 /// `Q6_K` chunk rows (super-blocks paired as they are) against `Q8_K` activations: runs of
@@ -317,13 +328,8 @@ fn q6_k_chunk_runs_match_reference() {
             let mut packed = vec![0u8; w.len()];
             assert!(pack_rows(ty, rb, &w, &mut packed));
             for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
-                let mut buf = vec![f32::NAN; n_rows + 16];
-                k.dot_chunks(ty, &packed, &acts, &mut buf[..n_rows]);
-                assert!(
-                    buf[n_rows..].iter().all(|v| v.is_nan()),
-                    "wrote past the run"
-                );
-                for (r, &got) in buf[..n_rows].iter().enumerate() {
+                let got = dot_chunk_run(k, ty, &packed, &acts, n_rows);
+                for (r, &got) in got.iter().enumerate() {
                     let row = &w[r * rb..(r + 1) * rb];
                     let want = vec_dot_q8k(ty, row, acts.q8k()).unwrap();
                     // The same integer dots as the reference, summed in another order: the
@@ -587,6 +593,8 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
     let row_bytes = ty.row_bytes(cols as u64).unwrap() as usize;
     let nb = cols / QK32;
     let x1 = &x[..nb];
+    // Float activations for the paths that quantize their own (Q8_K).
+    let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
     let single = |n_rows: usize| {
         for r in w.chunks_exact(row_bytes).take(n_rows) {
             black_box(k.dot_q8(ty, black_box(r), x1));
@@ -633,7 +641,6 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         let packed = &*packed;
         let mut acts = marco_quantize::chunks::ActChunks::default();
         acts.fill(x1);
-        let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
         acts.fill_q8k(&xf);
         // 64 rows to a call, as the CPU backend decodes.
         let mut out = [0.0f32; 64];
@@ -652,7 +659,6 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         );
     }
     if k.has_q8k_dot(ty) {
-        let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
         let mut bytes = vec![0u8; GgmlType::Q8_K.row_bytes(cols as u64).unwrap() as usize];
         quantize_row(GgmlType::Q8_K, &xf, &mut bytes);
         let x8k =

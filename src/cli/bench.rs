@@ -110,7 +110,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             )?);
         }
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
-            let probe = read_loop.as_ref();
             samples.push(run_test(
                 &mut engine,
                 &backend,
@@ -118,7 +117,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 0,
                 n,
                 a.repetitions,
-                probe,
+                read_loop.as_ref(),
             )?);
         }
     }
