@@ -117,8 +117,8 @@ fn kernel_sets() -> Vec<Kernels> {
 #[test]
 fn prepared_matmul_weights_give_the_same_products() {
     let model = Arc::new(GgufFile::open(&common::default_model_path()).unwrap());
-    // An odd row count (the last row is packed alone, not in a pair), and more rows than one
-    // task's batch of kernel calls holds (64) on one thread.
+    // A row count that leaves one row after the last group of four (packed alone), and more
+    // rows than one task's batch of kernel calls holds (64) on one thread.
     let small = synth(256, 1041, 20);
     let inputs_896 = synth(896, 8, 20);
     let inputs_4864 = synth(4864, 8, 20);
@@ -137,7 +137,7 @@ fn prepared_matmul_weights_give_the_same_products() {
         (&model, "blk.0.attn_v.weight", &inputs_896), // Q8_0
         (&small, "w4", &small),                       // Q4_0
         (&model, &down_q4k, &inputs_4864),            // Q4_K
-        (&model, &down_q6k, &inputs_4864),            // Q6_K: blocks paired as they are
+        (&model, &down_q6k, &inputs_4864),            // Q6_K: blocks grouped as they are
     ];
     let mut chunked = 0;
     for k in kernel_sets() {
@@ -182,7 +182,7 @@ fn a_prepared_table_embeds_the_same_rows() {
             if prepare {
                 be.prepare_matmul(&[w, w]).unwrap();
             }
-            // Both rows of a pair, and the last row, which is alone.
+            // Rows of a group, and the last row, which is alone.
             let buf = be.alloc(4 * 256).unwrap();
             be.embed(w, &[0, 39, 40, 7], buf).unwrap();
             let mut y = vec![0.0; 4 * 256];

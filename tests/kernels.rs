@@ -245,12 +245,12 @@ fn dot_chunks_matches_reference() {
     assert_checked_where_chunked(checked, GgmlType::Q5_0, 896);
 }
 
-/// Runs of chunked rows in one call (pairs of alternating chunks, an odd count ending with a
-/// row alone, runs starting at a later pair, more than one reduction group of 16): each
-/// output against the reference on its own row.
+/// Runs of chunked rows in one call (groups of alternating chunks, counts ending with a
+/// shorter group of 1 to 3 rows, runs starting at a later group, more than one reduction
+/// group of 16): each output against the reference on its own row.
 #[test]
 fn dot_chunks_over_runs_of_rows_matches_reference() {
-    use marco_quantize::chunks::{pack_rows, ActChunks};
+    use marco_quantize::chunks::{pack_rows, ActChunks, ROW_GROUP};
     let mut rng = Rng(0xc4c4_0002_9876_5431);
     let mut checked = 0;
     for (ty, cols) in [
@@ -264,13 +264,13 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
         let x = random_acts(&mut rng, cols);
         let mut acts = ActChunks::default();
         acts.fill(&x);
-        for n_rows in [1, 2, 3, 16, 17, 35] {
+        for n_rows in [1, 2, 3, 4, 6, 7, 16, 17, 35] {
             let w = random_row(&mut rng, ty, cols * n_rows);
             let mut packed = vec![0u8; w.len()];
             assert!(pack_rows(ty, rb, &w, &mut packed));
             for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
-                // The whole run, then the run from the second pair on.
-                for first in [0, 2].into_iter().filter(|&f| f < n_rows) {
+                // The whole run, then the run from the second group on.
+                for first in [0, ROW_GROUP].into_iter().filter(|&f| f < n_rows) {
                     let got = dot_chunk_run(k, ty, &packed[first * rb..], &acts, n_rows - first);
                     for (i, &g) in got.iter().enumerate() {
                         let row = &w[(first + i) * rb..(first + i + 1) * rb];
@@ -309,7 +309,7 @@ fn dot_chunk_run(
     buf
 }
 
-/// `Q6_K` chunk rows (super-blocks paired as they are) against `Q8_K` activations: runs of
+/// `Q6_K` chunk rows (super-blocks grouped as they are) against `Q8_K` activations: runs of
 /// rows in one call, each output against the reference on its own row.
 #[test]
 fn q6_k_chunk_runs_match_reference() {
@@ -323,7 +323,7 @@ fn q6_k_chunk_runs_match_reference() {
         let xf: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
         let mut acts = ActChunks::default();
         acts.fill_q8k(&xf);
-        for n_rows in [1, 2, 5, 17] {
+        for n_rows in [1, 2, 3, 5, 7, 17] {
             let w = random_row(&mut rng, ty, cols * n_rows);
             let mut packed = vec![0u8; w.len()];
             assert!(pack_rows(ty, rb, &w, &mut packed));

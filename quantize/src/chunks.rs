@@ -1,7 +1,7 @@
 //! Four-block chunks: the CPU's decode layout of `Q4_0`, `Q5_0`, `Q8_0` (four blocks of 32)
 //! and `Q4_K` (one super-block: two halves of four 32-weight groups), one definition shared by
 //! the repacking, the SIMD kernels and their tests. `Q6_K` super-blocks stay as they are, only
-//! paired like the others' rows ([`pack_rows`]).
+//! grouped like the others' rows ([`pack_rows`]).
 //!
 //! Why a second layout: in the GGUF layout a block's scale, fifth bits and quants sit side by
 //! side, so a kernel spends most of its instructions picking scales out of 8 blocks and
@@ -10,8 +10,9 @@
 //! 128-bit lane: the "low half" register has elements 0..16 of the 4 blocks, the "high half"
 //! elements 16..32. Two byte dot products then leave each block's sum in its own lane, and one
 //! per-lane scale finishes all four. A chunk has exactly the bytes of its 4 blocks, so
-//! repacked rows take the bytes of the original ones; they are stored in pairs whose chunks
-//! alternate ([`pack_rows`]), so a row is not one contiguous span any more, but a pair is.
+//! repacked rows take the bytes of the original ones; they are stored in groups of four whose
+//! chunks alternate ([`pack_rows`]), so a row is not one contiguous span any more, but a group
+//! is.
 //!
 //! Activations for chunked rows come in the same order ([`ActChunks`]).
 
@@ -248,9 +249,9 @@ unsafe impl Chunk for ChunkQ4K {
     }
 }
 
-/// `Q6_K` rows go in pairs as they are: a chunk is one GGUF super-block, unchanged. Its
+/// `Q6_K` rows go in groups as they are: a chunk is one GGUF super-block, unchanged. Its
 /// kernel works on `Q8_K` activations ([`ActChunks::q8k`]), where the sub-block scales
-/// multiply integer dots directly; what pairs bring is one stream and one load of each
+/// multiply integer dots directly; what groups bring is one stream and one load of each
 /// activation block for two rows.
 // SAFETY: `BlockQ6K` is a `repr(C)` struct of byte arrays (alignment 1, every bit pattern
 // valid), one block long.
@@ -298,38 +299,74 @@ pub fn supports(ty: GgmlType, cols: usize) -> bool {
         )
 }
 
-/// Packs whole rows of `row_bytes` bytes in the GGUF layout (`src`, starting at a pair
-/// boundary) into chunks (`dst`, as long): rows go in pairs, `2p` and `2p + 1` as one run of
-/// `2·row_bytes` whose chunks alternate (chunk `j` of row `2p`, then chunk `j` of row
-/// `2p + 1`), so a kernel decoding two rows at once reads one sequential stream and loads each
-/// chunk of activations once for both; a last row without a partner (an odd count) is packed
-/// alone. Why pairs and not two separate rows: two streams a row apart read from memory at half
-/// the speed of one here (the prefetchers see each row's run restart), while one interleaved
-/// stream keeps the speed of a plain read loop. `false` if the lengths do not fit the type.
+/// The most rows in a group of [`pack_rows`] ([`group_rows`]); every group size divides it,
+/// so runs of rows that start at a multiple of it start at a group of any type.
+pub const ROW_GROUP: usize = 4;
+
+/// Rows per group of [`pack_rows`] for type `ty`: a group's chunks alternate, so a kernel
+/// decodes its rows together from one sequential stream and loads each chunk of activations
+/// once for all of them.
+///
+/// Why four: per weight byte, every load counts when streaming from memory (even one that
+/// hits L1, it holds a slot of the core's load queue that a miss could use), and the
+/// activation loads shrink with the group. Measured here with a `Q5_0`-shaped kernel on rows
+/// in 2 MiB pages: 22-24 GB/s in pairs, 25-27 in fours (a plain read loop: 27), 18-27 in
+/// eights (the eight accumulators and their operands no longer fit in the registers); in the
+/// default model, one-thread decoding read its `Q5_0` gate and up rows at 24 GB/s in fours
+/// against 19-20 in pairs. Why two for `Q6_K`: its kernel keeps 8 registers of activations
+/// and expands each super-block into 8 more, so four rows' worth spills; in the model its rows
+/// read at 20-21 GB/s in fours against 19-23 in pairs.
+pub fn group_rows(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q6_K {
+        2
+    } else {
+        ROW_GROUP
+    }
+}
+
+/// The first row of the group of type `ty` that holds row `r` (see [`group_rows`]).
+pub fn group_start(ty: GgmlType, r: usize) -> usize {
+    r - r % group_rows(ty)
+}
+
+/// Packs whole rows of `row_bytes` bytes in the GGUF layout (`src`, starting at a group
+/// boundary) into chunks (`dst`, as long): rows go in groups of [`group_rows`], each one run
+/// whose chunks alternate (chunk `j` of each of the group's rows in turn, then chunk `j + 1`),
+/// so a kernel decoding the group's rows at once reads one sequential stream; the last rows
+/// (fewer than a group) make one shorter group. Why groups and not separate rows: two
+/// streams a row apart read from memory at half the speed of one here (the prefetchers see
+/// each row's run restart), while one interleaved stream keeps the speed of a plain read
+/// loop. `false` if the lengths do not fit the type.
 pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
-        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, true),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, true),
-        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, true),
-        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, true),
-        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, true),
+        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, group_rows(ty), src, dst, true),
+        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, group_rows(ty), src, dst, true),
+        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, group_rows(ty), src, dst, true),
+        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, group_rows(ty), src, dst, true),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, group_rows(ty), src, dst, true),
         _ => false,
     }
 }
 
-/// The inverse of [`pack_rows`]: packed rows (from a pair boundary) back in the GGUF layout.
+/// The inverse of [`pack_rows`]: packed rows (from a group boundary) back in the GGUF layout.
 pub fn unpack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
-        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, false),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, false),
-        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, false),
-        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, false),
-        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, false),
+        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, group_rows(ty), src, dst, false),
+        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, group_rows(ty), src, dst, false),
+        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, group_rows(ty), src, dst, false),
+        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, group_rows(ty), src, dst, false),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, group_rows(ty), src, dst, false),
         _ => false,
     }
 }
 
-fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
+fn convert_rows<C: Chunk>(
+    row_bytes: usize,
+    group_rows: usize,
+    src: &[u8],
+    dst: &mut [u8],
+    to_chunks: bool,
+) -> bool {
     if src.len() != dst.len()
         || row_bytes == 0
         || !row_bytes.is_multiple_of(size_of::<C>())
@@ -337,69 +374,45 @@ fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunk
     {
         return false;
     }
-    src.chunks(2 * row_bytes)
-        .zip(dst.chunks_mut(2 * row_bytes))
-        .all(|(s, d)| {
-            if s.len() == row_bytes {
-                convert::<C>(s, d, to_chunks)
-            } else if to_chunks {
-                pack_pair::<C>(s, d)
-            } else {
-                unpack_pair::<C>(s, d)
-            }
-        })
+    let group = group_rows * row_bytes;
+    src.chunks(group).zip(dst.chunks_mut(group)).all(|(s, d)| {
+        let rows = s.len() / row_bytes;
+        if to_chunks {
+            pack_group::<C>(s, d, rows)
+        } else {
+            unpack_group::<C>(s, d, rows)
+        }
+    })
 }
 
-/// Two GGUF rows into one run of alternating chunks.
-fn pack_pair<C: Chunk>(src: &[u8], dst: &mut [u8]) -> bool {
+/// Where group chunk `i` comes from in a group of `rows` rows of `per_row` chunks: the
+/// index of its first source block (row `i % rows`, chunk `i / rows` of that row).
+fn source_block<C: Chunk>(i: usize, rows: usize, per_row: usize) -> usize {
+    ((i % rows) * per_row + i / rows) * C::SRC_BLOCKS
+}
+
+/// `rows` GGUF rows into one run of alternating chunks.
+fn pack_group<C: Chunk>(src: &[u8], dst: &mut [u8], rows: usize) -> bool {
     let (Some(b), Some(c)) = (as_blocks::<C::Src>(src), as_chunks_mut::<C>(dst)) else {
         return false;
     };
-    let (first, second) = b.split_at(b.len() / 2);
-    let rows = first
-        .chunks_exact(C::SRC_BLOCKS)
-        .zip(second.chunks_exact(C::SRC_BLOCKS));
-    for (pair, (a, b)) in c.as_chunks_mut::<2>().0.iter_mut().zip(rows) {
-        *pair = [C::pack(a), C::pack(b)];
+    let per_row = c.len() / rows;
+    for (i, c) in c.iter_mut().enumerate() {
+        let first = source_block::<C>(i, rows, per_row);
+        *c = C::pack(&b[first..first + C::SRC_BLOCKS]);
     }
     true
 }
 
-/// One run of alternating chunks back into two GGUF rows.
-fn unpack_pair<C: Chunk>(src: &[u8], dst: &mut [u8]) -> bool {
+/// One run of alternating chunks back into `rows` GGUF rows.
+fn unpack_group<C: Chunk>(src: &[u8], dst: &mut [u8], rows: usize) -> bool {
     let (Some(c), Some(b)) = (as_chunks::<C>(src), as_blocks_mut::<C::Src>(dst)) else {
         return false;
     };
-    let half = b.len() / 2;
-    let (first, second) = b.split_at_mut(half);
-    let rows = first
-        .chunks_exact_mut(C::SRC_BLOCKS)
-        .zip(second.chunks_exact_mut(C::SRC_BLOCKS));
-    for ([ca, cb], (a, b)) in c.as_chunks::<2>().0.iter().zip(rows) {
-        ca.unpack(a);
-        cb.unpack(b);
-    }
-    true
-}
-
-fn convert<C: Chunk>(src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
-    if src.len() != dst.len() || !src.len().is_multiple_of(size_of::<C>()) {
-        return false;
-    }
-    if to_chunks {
-        let (Some(b), Some(c)) = (as_blocks::<C::Src>(src), as_chunks_mut::<C>(dst)) else {
-            return false;
-        };
-        for (c, b) in c.iter_mut().zip(b.chunks_exact(C::SRC_BLOCKS)) {
-            *c = C::pack(b);
-        }
-    } else {
-        let (Some(c), Some(b)) = (as_chunks::<C>(src), as_blocks_mut::<C::Src>(dst)) else {
-            return false;
-        };
-        for (c, b) in c.iter().zip(b.chunks_exact_mut(C::SRC_BLOCKS)) {
-            c.unpack(b);
-        }
+    let per_row = c.len() / rows;
+    for (i, c) in c.iter().enumerate() {
+        let first = source_block::<C>(i, rows, per_row);
+        c.unpack(&mut b[first..first + C::SRC_BLOCKS]);
     }
     true
 }
@@ -495,19 +508,24 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q8_0,
             GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
             let x = random(512, 7);
             let mut row = vec![0u8; ty.row_bytes(512).unwrap() as usize];
             quantize_row(ty, &x, &mut row);
             let rb = row.len();
-            // One row alone, then five rows: two pairs and a last one alone.
-            for n in [1, 5] {
+            // One row alone; five rows: whole groups and a last row alone; seven: a group of
+            // four and one of three (Q6_K: groups of two, the last row alone).
+            for n in [1, 5, 7] {
                 let x = random(512 * n, 7 + n as u64);
                 let mut rows = vec![0u8; n * rb];
                 quantize_row(ty, &x, &mut rows);
                 let mut packed = vec![0u8; rows.len()];
                 assert!(pack_rows(ty, rb, &rows, &mut packed), "{ty}");
-                assert_ne!(packed, rows, "{ty}: packing must move bytes");
+                // (A lone Q6_K row keeps its super-blocks as they are.)
+                if ty != GgmlType::Q6_K || n > 1 {
+                    assert_ne!(packed, rows, "{ty}: packing must move bytes");
+                }
                 let mut back = vec![0u8; rows.len()];
                 assert!(unpack_rows(ty, rb, &packed, &mut back));
                 assert_eq!(back, rows, "{ty}");
@@ -520,24 +538,32 @@ mod tests {
         assert!(!supports(GgmlType::Q5_0, 96) && supports(GgmlType::Q5_0, 896));
     }
 
-    /// A pair of rows alternates chunks: chunk `2j` is row 0's chunk `j`, chunk `2j + 1` row
-    /// 1's (each packed as that row alone would be).
+    /// A group of rows alternates chunks: chunk `g·j + r` is row `r`'s chunk `j` (each packed
+    /// as that row alone would be); the rows after the last whole group make a shorter one.
     #[test]
-    fn paired_rows_alternate_their_chunks() {
+    fn grouped_rows_alternate_their_chunks() {
         let ty = GgmlType::Q8_0;
         let rb = ty.row_bytes(256).unwrap() as usize;
-        let mut rows = vec![0u8; 2 * rb];
-        quantize_row(ty, &random(512, 5), &mut rows);
-        let mut pair = vec![0u8; 2 * rb];
-        assert!(pack_rows(ty, rb, &rows, &mut pair));
-        let mut alone = vec![0u8; 2 * rb];
-        for r in 0..2 {
+        let n = ROW_GROUP + 2;
+        let mut rows = vec![0u8; n * rb];
+        quantize_row(ty, &random(256 * n, 5), &mut rows);
+        let mut grouped = vec![0u8; n * rb];
+        assert!(pack_rows(ty, rb, &rows, &mut grouped));
+        let mut alone = vec![0u8; n * rb];
+        for r in 0..n {
             let span = r * rb..(r + 1) * rb;
             assert!(pack_rows(ty, rb, &rows[span.clone()], &mut alone[span]));
         }
-        let pair = as_chunks::<ChunkQ8_0>(&pair).unwrap();
+        let grouped = as_chunks::<ChunkQ8_0>(&grouped).unwrap();
         let alone = as_chunks::<ChunkQ8_0>(&alone).unwrap();
-        assert_eq!(pair, [alone[0], alone[2], alone[1], alone[3]]);
+        // Two chunks per row: row r's are alone[2r] and alone[2r + 1].
+        let want: Vec<ChunkQ8_0> = [(0, 4), (4, 2)]
+            .into_iter()
+            .flat_map(|(first, g)| {
+                (0..2).flat_map(move |j| (first..first + g).map(move |r| alone[2 * r + j]))
+            })
+            .collect();
+        assert_eq!(grouped, want.as_slice());
     }
 
     #[test]

@@ -322,7 +322,7 @@ impl Kernels {
         vec_dot_q8k(ty, w, x).unwrap_or_else(|| panic!("dot_q8k: {ty} is not a K-quant"))
     }
 
-    /// Whether this path decodes rows of `cols` weights of type `ty` from chunks in pairs of
+    /// Whether this path decodes rows of `cols` weights of type `ty` from chunks in groups of
     /// rows (`marco_quantize::chunks`: four-block chunks, or `Q6_K` super-blocks as they are):
     /// then the backend repacks those weights once at load and one-token products go through
     /// [`dot_chunks`](Self::dot_chunks).
@@ -331,8 +331,8 @@ impl Kernels {
     }
 
     /// Dot products of `out.len()` chunked weight rows (see [`has_chunks`](Self::has_chunks)),
-    /// packed by `chunks::pack_rows` from a pair boundary (an odd count ends with a row packed
-    /// alone), with one token's activations in chunk order: `out[r]` for row `r`.
+    /// packed by `chunks::pack_rows` from a group boundary (rows after the last whole group
+    /// make a shorter one), with one token's activations in chunk order: `out[r]` for row `r`.
     ///
     /// # Panics
     /// If this path has no chunk kernel for `ty`, `w` is not `out.len()` rows of whole chunks,

@@ -71,14 +71,14 @@ impl CpuWeight {
         self.stored()
     }
     /// Row `r` in the GGUF layout, unpacked from chunks into `buf` if need be (with its
-    /// pair: chunked rows are stored in pairs, see `chunks::pack_rows`).
+    /// group: chunked rows are stored in groups, see `chunks::pack_rows`).
     fn row_in<'a>(&'a self, r: usize, buf: &'a mut Vec<u8>) -> &'a [u8] {
         let rb = self.row_bytes;
         if !self.is_chunked() {
             return &self.stored()[r * rb..(r + 1) * rb];
         }
-        let first = r & !1;
-        let end = (first + 2).min(self.rows);
+        let first = chunks::group_start(self.ty, r);
+        let end = (first + chunks::group_rows(self.ty)).min(self.rows);
         buf.resize((end - first) * rb, 0);
         chunks::unpack_rows(self.ty, rb, &self.stored()[first * rb..end * rb], buf);
         &buf[(r - first) * rb..(r - first + 1) * rb]
@@ -549,6 +549,7 @@ impl Backend for CpuBackend {
 /// pool.
 fn copy_weight(pool: &ThreadPool, w: &CpuWeight, chunked: bool, out: SharedMut<u8>, offset: usize) {
     const ROWS_PER_TASK: usize = 256;
+    const _: () = assert!(ROWS_PER_TASK.is_multiple_of(chunks::ROW_GROUP));
     let (src, ty, rb) = (w.bytes(), w.ty, w.row_bytes);
     pool.run(w.rows.div_ceil(ROWS_PER_TASK), &|task, _| {
         let r0 = task * ROWS_PER_TASK;
@@ -558,7 +559,7 @@ fn copy_weight(pool: &ThreadPool, w: &CpuWeight, chunked: bool, out: SharedMut<u
         let d = unsafe { out.slice(offset + r0 * rb, (r1 - r0) * rb) };
         let span = r0 * rb..r1 * rb;
         if chunked {
-            // ROWS_PER_TASK is even: each task starts at a pair of rows.
+            // ROWS_PER_TASK is a multiple of ROW_GROUP: each task starts at a group of rows.
             let packed = chunks::pack_rows(ty, rb, &src[span.clone()], d);
             assert!(
                 packed,
@@ -610,8 +611,12 @@ impl RowPlan {
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
         let rows_per_task = (total / (n_threads * 16)).max(min_rows).clamp(4, 256);
-        // Even, so each task starts at a pair of chunked rows (`chunks::pack_rows`).
-        let rows_per_task = rows_per_task.next_multiple_of(if whole_tiles { 8 } else { 2 });
+        // Each task starts at a group of chunked rows (`chunks::pack_rows`).
+        let rows_per_task = rows_per_task.next_multiple_of(if whole_tiles {
+            8usize.next_multiple_of(chunks::ROW_GROUP)
+        } else {
+            chunks::ROW_GROUP
+        });
         let mut tasks_before = [0usize; 5];
         for i in 0..4 {
             tasks_before[i + 1] = tasks_before[i] + r[i].div_ceil(rows_per_task);
@@ -753,8 +758,8 @@ impl MatCtx<'_> {
         }
         let packed = w.stored();
         debug_assert!(
-            r0.is_multiple_of(2),
-            "internal: chunked rows start at a pair"
+            r0.is_multiple_of(chunks::ROW_GROUP),
+            "internal: chunked rows start at a group"
         );
         if self.n_tokens == 1 {
             return self.chunk_rows(job, w, packed, r0, r1);
@@ -765,7 +770,7 @@ impl MatCtx<'_> {
         ROWS.with_borrow_mut(|buf| {
             let rb = w.row_bytes;
             buf.resize((r1 - r0) * rb, 0);
-            // Tasks start at a pair of rows (RowPlan).
+            // Tasks start at a group of rows (RowPlan).
             let unpacked = chunks::unpack_rows(w.ty, rb, &packed[r0 * rb..r1 * rb], buf);
             debug_assert!(unpacked, "internal: chunked rows that do not unpack");
             self.run_rows_on(job, &RowView::new(w, buf, r0), r0, r1);
@@ -778,12 +783,13 @@ impl MatCtx<'_> {
             .map(|b| self.weights[b.0].dense.as_deref().unwrap_or(&[]))
     }
 
-    /// One token against chunked rows `r0..r1` (`r0` even: a pair boundary), a batch of rows
+    /// One token against chunked rows `r0..r1` (`r0` at a group boundary), a batch of rows
     /// per kernel call. The kernel writes the output rows in place; a bias or a residual is
     /// added in a second pass over them (one token's rows `r0..r1` are contiguous).
     fn chunk_rows(&self, job: usize, w: &CpuWeight, packed: &[u8], r0: usize, r1: usize) {
-        // Even, so each batch starts at a pair of rows.
+        // A multiple of ROW_GROUP, so each batch starts at a group of rows.
         const BATCH: usize = 64;
+        const _: () = assert!(BATCH.is_multiple_of(chunks::ROW_GROUP));
         let j = &self.jobs[job];
         let bias = self.bias(j).and_then(|b| b.get(r0..r1));
         let rb = w.row_bytes;

@@ -1,6 +1,6 @@
 //! AVX-512 VNNI decode kernels over four-block chunks (`marco_quantize::chunks`): weight rows
-//! against one token, two rows at a time. (`Q6_K` rows, paired super-blocks as they are, go
-//! through the `Q8_K` integer dots of `simd::q8k`, two rows at a time as well.)
+//! against one token, a group of four rows at a time. (`Q6_K` rows, super-blocks as they are
+//! in groups of two, go through the `Q8_K` integer dots of `simd::q8k`.)
 //!
 //! Per chunk (128 weights): two `vpdpbusd` over the low and high halves leave block `b`'s
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
@@ -9,16 +9,18 @@
 //! integer sums exactly: each i32 lane starts at `-o·Σx` over the 8 activations it meets
 //! (`ActChunks::neg_sums`, shifted), so it ends at its true partial dot.
 //!
-//! Rows come in pairs whose chunks alternate (`chunks::pack_rows`): each chunk of activations
-//! is loaded once for both rows, and the weights are one sequential stream. Measured here
-//! (AMD EPYC, 2 MiB pages), a loop of this kind reads memory at ~95% of a plain read loop,
-//! against ~78% one row at a time: loads that hit L1 still hold the core's load queue, so
-//! fewer of them per weight byte let it keep more misses in flight.
+//! Rows come in groups whose chunks alternate (`chunks::pack_rows`, `chunks::group_rows`):
+//! each chunk of activations
+//! is loaded once for the group's rows, and the weights are one sequential stream. Measured
+//! here (AMD EPYC, 2 MiB pages), a `Q5_0` loop of this kind reads memory at ~95% of a plain
+//! read loop in groups of four, ~85% in pairs, ~78% one row at a time: loads that hit L1
+//! still hold the core's load queue, so fewer of them per weight byte let it keep more misses
+//! in flight.
 
 use std::arch::x86_64::*;
 
 use marco_quantize::chunks::{
-    as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0,
+    as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0, ROW_GROUP,
 };
 
 use super::avx2::{bytes_to_ps, f16_to_f32, load_ps};
@@ -28,8 +30,8 @@ use marco_quantize::blocks::{BlockQ6K, BlockQ8K};
 use marco_quantize::GgmlType;
 
 /// `out[r] = dot(row r, x)` for `out.len()` chunked rows of type `ty` in `w`, starting at a
-/// pair boundary (see `Kernels::dot_chunks`); with an odd count the last row is one stored
-/// alone. `None` for types without chunks, rows that are not whole chunks, or rows longer than
+/// group boundary (see `Kernels::dot_chunks`); the rows after the last whole group are one
+/// shorter group. `None` for types without chunks, rows that are not whole chunks, or rows longer than
 /// the activations.
 ///
 /// Why a call per run of rows rather than per row: most decode rows are short (896 weights
@@ -70,18 +72,17 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q8_0 => legacy::<ChunkQ8_0>(w, row_bytes, x, out, |c| {
             (load512(&c.qs[0]), load512(&c.qs[1]))
         }),
-        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, out, |r, lone| {
-            if lone {
-                q4_k::<1>(r, x).map(|[a]| [a, _mm512_setzero_ps()])
-            } else {
-                q4_k::<2>(r, x)
-            }
+        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, ROW_GROUP, out, |r, n| match n {
+            4 => q4_k::<4>(r, x),
+            3 => q4_k::<3>(r, x).map(|a| widen(a)),
+            2 => q4_k::<2>(r, x).map(|a| widen(a)),
+            _ => q4_k::<1>(r, x).map(|a| widen(a)),
         }),
-        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, out, |r, lone| {
-            if lone {
-                q6_k::<1>(r, x.q8k()).map(|[a]| [a, _mm512_setzero_ps()])
-            } else {
-                q6_k::<2>(r, x.q8k())
+        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, 2, out, |r, n| {
+            let x = x.q8k();
+            match n {
+                2 => q6_k::<2>(r, x).map(|a| widen(a)),
+                _ => q6_k::<1>(r, x).map(|a| widen(a)),
             }
         }),
         _ => None,
@@ -99,19 +100,33 @@ fn legacy<C: Chunk + Scales>(
     out: &mut [f32],
     quant: impl Fn(&C) -> (__m512i, __m512i),
 ) -> Option<()> {
-    rows::<C>(w, row_bytes, out, |r, lone| legacy_rows(r, lone, x, &quant))
+    rows::<C>(w, row_bytes, ROW_GROUP, out, |r, n| match n {
+        4 => legacy_rows::<C, 4>(r, x, &quant),
+        3 => legacy_rows::<C, 3>(r, x, &quant).map(|a| widen(a)),
+        2 => legacy_rows::<C, 2>(r, x, &quant).map(|a| widen(a)),
+        _ => legacy_rows::<C, 1>(r, x, &quant).map(|a| widen(a)),
+    })
 }
 
-/// Runs `accs` over each pair of rows (`2·row_bytes` of alternating chunks `C`) and over a
-/// last lone row, 16 rows to a reduction. `accs(chunks, lone)` gives one accumulator per row
-/// (its lanes sum to the row's dot product), the second zero for a lone row.
+/// `R` accumulators and zeros after them, as `rows` takes them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn widen<const R: usize>(a: [__m512; R]) -> [__m512; ROW_GROUP] {
+    std::array::from_fn(|r| a.get(r).copied().unwrap_or(_mm512_setzero_ps()))
+}
+
+/// Runs `accs` over each group of rows (`n·row_bytes` of alternating chunks `C`, `n` rows:
+/// `group` (the type's `chunks::group_rows`), or fewer in a last group), 16 rows to a
+/// reduction. `accs(chunks, n)` gives
+/// one accumulator per row (its lanes sum to the row's dot product), zeros after the `n`th.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn rows<C: Chunk>(
     w: &[u8],
     row_bytes: usize,
+    group: usize,
     out: &mut [f32],
-    accs: impl Fn(&[C], bool) -> Option<[__m512; 2]>,
+    accs: impl Fn(&[C], usize) -> Option<[__m512; ROW_GROUP]>,
 ) -> Option<()> {
     let per_row = as_chunks::<C>(w.get(..row_bytes)?)?.len();
     let all = as_chunks::<C>(w)?;
@@ -120,10 +135,12 @@ fn rows<C: Chunk>(
     for g in (0..n_rows).step_by(16) {
         let out = &mut out[g..(g + 16).min(n_rows)];
         let mut sums = [_mm512_setzero_ps(); 16];
-        for p in (0..out.len()).step_by(2) {
-            let lone = p + 1 == out.len();
-            let run = all.get((g + p) * per_row..(g + p + 2 - lone as usize) * per_row)?;
-            [sums[p], sums[p + 1]] = accs(run, lone)?;
+        // 16 rows are whole groups: only the run's last group may be shorter.
+        for p in (0..out.len()).step_by(group) {
+            let n = (out.len() - p).min(group);
+            let run = all.get((g + p) * per_row..(g + p + n) * per_row)?;
+            let accs = accs(run, n)?;
+            sums[p..p + n].copy_from_slice(&accs[..n]);
         }
         let sums = reduce16(&sums);
         let keep = if out.len() == 16 {
@@ -243,43 +260,27 @@ fn chunk_acts(q: &[[i8; 64]; 2], d: &[f32; 4], neg_sums: &[i32; 16], shift: __m1
     }
 }
 
-/// The accumulators of a pair of rows (`w`: their alternating chunks), or of one `lone` row
-/// (`w`: its chunks; the second accumulator is then zero).
+/// The accumulators of a group of `R` rows (`w`: their alternating chunks).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn legacy_rows<C: Chunk + Scales>(
+fn legacy_rows<C: Chunk + Scales, const R: usize>(
     w: &[C],
-    lone: bool,
     x: &ActChunks,
     quant: &impl Fn(&C) -> (__m512i, __m512i),
-) -> Option<[__m512; 2]> {
+) -> Option<[__m512; R]> {
     let shift = _mm_cvtsi32_si128(C::OFFSET.trailing_zeros() as i32);
     let acts = |j: usize| -> Option<ChunkActs> {
         let d = x.d.get(4 * j..4 * j + 4)?.as_chunks::<4>().0.first()?;
         Some(chunk_acts(x.q.get(j)?, d, &x.neg_sums.get(j)?.0, shift))
     };
-    let zero = _mm512_setzero_ps();
-    let (pairs, last) = w.as_chunks::<2>();
-    if lone {
-        // Even and odd chunks go to separate accumulators, so consecutive FMAs do not wait
-        // on each other.
-        let (mut even, mut odd) = (zero, zero);
-        for (j, [c0, c1]) in pairs.iter().enumerate() {
-            even = chunk(c0, &acts(2 * j)?, quant, even);
-            odd = chunk(c1, &acts(2 * j + 1)?, quant, odd);
-        }
-        if let Some(c) = last.first() {
-            even = chunk(c, &acts(w.len() - 1)?, quant, even);
-        }
-        return Some([_mm512_add_ps(even, odd), zero]);
-    }
-    let (mut a, mut b) = (zero, zero);
-    for (j, [ca, cb]) in pairs.iter().enumerate() {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (j, group) in w.as_chunks::<R>().0.iter().enumerate() {
         let x = acts(j)?;
-        a = chunk(ca, &x, quant, a);
-        b = chunk(cb, &x, quant, b);
+        for (acc, c) in acc.iter_mut().zip(group) {
+            *acc = chunk(c, &x, quant, *acc);
+        }
     }
-    Some([a, b])
+    Some(acc)
 }
 
 /// One chunk added to the accumulator (the offsets cancel inside the integer sums).
@@ -301,8 +302,8 @@ fn chunk<C: Chunk + Scales>(
     _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc)
 }
 
-/// The accumulators of `R` `Q4_K` rows: a pair (alternating super-blocks) or one lone row
-/// (`R` is a constant so that each case compiles to its own straight loop). Each super-block
+/// The accumulators of a group of `R` `Q4_K` rows (alternating super-blocks; `R` is a
+/// constant so that each group size compiles to its own straight loop). Each super-block
 /// is two chunks of four groups; a group's scale `d·sc·d_x` goes to its lane as in [`chunk`],
 /// and its min term `dmin·m·d_x·Σx` into an 8-wide accumulator subtracted from the first half
 /// of the lanes at the end. Scales and mins are worked out for all 8 groups at once.
@@ -321,11 +322,11 @@ fn q4_k<const R: usize>(w: &[ChunkQ4K], x: &ActChunks) -> Option<[__m512; R]> {
     let zero = _mm512_setzero_ps();
     let mut acc = [[zero; 2]; R];
     let mut mins = [_mm256_setzero_ps(); R];
-    for (j, ((xq, xd), xs)) in xq.iter().zip(xd).zip(xs).enumerate() {
+    let groups = w.as_chunks::<R>().0;
+    for (((group, xq), xd), xs) in groups.iter().zip(xq).zip(xd).zip(xs) {
         let q = [0, 1].map(|h| [load512(&xq[h][0]), load512(&xq[h][1])]);
         let (xd, xs) = (load_ps(xd), load_ps(xs));
-        for r in 0..R {
-            let c = w.get(R * j + r)?;
+        for (r, c) in group.iter().enumerate() {
             let (sc, m) = k4_scales_mins(&c.scales);
             let (d, dmin) = scales2(c.d, c.dmin);
             let scale =
@@ -358,19 +359,19 @@ fn scales2(a: marco_quantize::blocks::LeF16, b: marco_quantize::blocks::LeF16) -
     )
 }
 
-/// The accumulators of `R` `Q6_K` rows (a pair of alternating super-blocks, or one lone row)
-/// against `Q8_K` activations: the integer dots of `simd::q8k`, each activation block loaded
-/// once for the `R` rows; the 8 lanes of each row's sum sit in the low half of its vector.
+/// The accumulators of a group of `R` `Q6_K` rows (alternating super-blocks) against `Q8_K`
+/// activations: the integer dots of `simd::q8k`, each activation block loaded once for the
+/// `R` rows; the 8 lanes of each row's sum sit in the low half of its vector.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6_k<const R: usize>(w: &[BlockQ6K], x: &[BlockQ8K]) -> Option<[__m512; R]> {
     let n = w.len() / R;
     let mut acc = [_mm256_setzero_ps(); R];
-    for (j, xb) in x.get(..n)?.iter().enumerate() {
+    let groups = w.as_chunks::<R>().0;
+    for (group, xb) in groups.iter().zip(x.get(..n)?) {
         let acts = q6_acts(xb);
         let dx = xb.d();
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let b = w.get(R * j + r)?;
+        for (acc, b) in acc.iter_mut().zip(group) {
             let sumi = q6_sumi(b, &acts);
             let scale = _mm256_set1_ps(f16_to_f32(b.d) * dx);
             *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sumi), *acc);
