@@ -246,7 +246,7 @@ fn dot_chunks_matches_reference() {
 }
 
 /// Runs of chunked rows in one call (groups of alternating chunks, counts ending with a
-/// shorter group of 1 to 3 rows, runs starting at a later group, more than one reduction
+/// shorter group, runs starting at a later group, more than one reduction
 /// group of 16): each output against the reference on its own row.
 #[test]
 fn dot_chunks_over_runs_of_rows_matches_reference() {
@@ -259,6 +259,9 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
         (GgmlType::Q4_0, 384),
         (GgmlType::Q4_K, 512),
         (GgmlType::Q4_K, 256),
+        // Long rows, in smaller groups (`chunks::group_rows`): twos, and alone.
+        (GgmlType::Q4_K, 8960),
+        (GgmlType::Q8_0, 8960),
     ] {
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;
         let x = random_acts(&mut rng, cols);
@@ -318,7 +321,8 @@ fn q6_k_chunk_runs_match_reference() {
     let mut rng = Rng(0xc4c4_0003_5555_0001);
     let ty = GgmlType::Q6_K;
     let mut checked = 0;
-    for cols in [256, 1536, 4864] {
+    // Groups of four, two (4864) and rows alone (8960): `chunks::group_rows`.
+    for cols in [256, 1536, 4864, 8960] {
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;
         let xf: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
         let mut acts = ActChunks::default();
@@ -551,8 +555,11 @@ fn bench_dot_q8_throughput() {
         (GgmlType::Q8_0, 4864, 1024),
         (GgmlType::Q8_0, 1024, 4864),
         (GgmlType::Q6_K, 896, 4864),
+        (GgmlType::Q6_K, 1536, 8960),
+        (GgmlType::Q6_K, 151936, 1536),
         (GgmlType::Q4_K, 896, 4864),
         (GgmlType::Q4_K, 8960, 1536),
+        (GgmlType::Q4_K, 1536, 8960),
         (GgmlType::Q4_0, 4864, 896),
         (GgmlType::Q5_K, 896, 4864),
     ];

@@ -249,7 +249,7 @@ unsafe impl Chunk for ChunkQ4K {
     }
 }
 
-/// `Q6_K` rows go in groups as they are: a chunk is one GGUF super-block, unchanged. Its
+/// `Q6_K` super-blocks go in groups as they are: a chunk is one GGUF super-block, unchanged. Its
 /// kernel works on `Q8_K` activations ([`ActChunks::q8k`]), where the sub-block scales
 /// multiply integer dots directly; what groups bring is one stream and one load of each
 /// activation block for two rows.
@@ -300,12 +300,16 @@ pub fn supports(ty: GgmlType, cols: usize) -> bool {
 }
 
 /// The most rows in a group of [`pack_rows`] ([`group_rows`]); every group size divides it,
-/// so runs of rows that start at a multiple of it start at a group of any type.
+/// so runs of rows that start at a multiple of it start at a group whatever the rows' length.
 pub const ROW_GROUP: usize = 4;
 
-/// Rows per group of [`pack_rows`] for type `ty`: a group's chunks alternate, so a kernel
-/// decodes its rows together from one sequential stream and loads each chunk of activations
-/// once for all of them.
+/// The most weight bytes in one pass over a group's rows (see [`group_rows`]).
+pub const GROUP_BYTES: usize = 12 << 10;
+
+/// Rows per group of [`pack_rows`] for rows of `row_bytes` bytes: a group's chunks alternate,
+/// so a kernel decodes its rows together from one sequential stream and loads each chunk of
+/// activations once for all of them. Four rows, or fewer where four would pass more than
+/// [`GROUP_BYTES`] of weights through L1 between two uses of the same activations.
 ///
 /// Why four: per weight byte, every load counts when streaming from memory (even one that
 /// hits L1, it holds a slot of the core's load queue that a miss could use), and the
@@ -313,20 +317,25 @@ pub const ROW_GROUP: usize = 4;
 /// in 2 MiB pages: 22-24 GB/s in pairs, 25-27 in fours (a plain read loop: 27), 18-27 in
 /// eights (the eight accumulators and their operands no longer fit in the registers); in the
 /// default model, one-thread decoding read its `Q5_0` gate and up rows at 24 GB/s in fours
-/// against 19-20 in pairs. Why two for `Q6_K`: its kernel keeps 8 registers of activations
-/// and expands each super-block into 8 more, so four rows' worth spills; in the model its rows
-/// read at 20-21 GB/s in fours against 19-23 in pairs.
-pub fn group_rows(ty: GgmlType) -> usize {
-    if ty == GgmlType::Q6_K {
-        2
-    } else {
-        ROW_GROUP
+/// against 19-20 in pairs.
+///
+/// Why fewer for long rows: the streamed weights go through L1 (32 KiB here) too, and push the
+/// activations out of it when a group's pass is long. Measured (one thread, from memory):
+/// `Q4_K` rows of 8960 weights (5 KB) read at 11-16 GB/s in fours against 22-24 in pairs;
+/// `Q6_K` rows of 8960 (7 KB) at 20-21 in pairs against 23-25 alone; `Q6_K` rows of 4864
+/// (4 KB) were slower in fours than in pairs in the model, while `Q4_K` rows of 4864 (2.7 KB,
+/// 11 KB a pass) read as fast in fours as in pairs.
+pub fn group_rows(row_bytes: usize) -> usize {
+    let mut rows = ROW_GROUP;
+    while rows > 1 && rows * row_bytes > GROUP_BYTES {
+        rows /= 2;
     }
+    rows
 }
 
-/// The first row of the group of type `ty` that holds row `r` (see [`group_rows`]).
-pub fn group_start(ty: GgmlType, r: usize) -> usize {
-    r - r % group_rows(ty)
+/// The first row of the group that holds row `r`, for rows of `row_bytes` bytes.
+pub fn group_start(row_bytes: usize, r: usize) -> usize {
+    r - r % group_rows(row_bytes)
 }
 
 /// Packs whole rows of `row_bytes` bytes in the GGUF layout (`src`, starting at a group
@@ -339,11 +348,11 @@ pub fn group_start(ty: GgmlType, r: usize) -> usize {
 /// loop. `false` if the lengths do not fit the type.
 pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
-        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, group_rows(ty), src, dst, true),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, group_rows(ty), src, dst, true),
-        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, group_rows(ty), src, dst, true),
-        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, group_rows(ty), src, dst, true),
-        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, group_rows(ty), src, dst, true),
+        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, true),
+        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, true),
+        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, true),
+        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, true),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, true),
         _ => false,
     }
 }
@@ -351,22 +360,16 @@ pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> 
 /// The inverse of [`pack_rows`]: packed rows (from a group boundary) back in the GGUF layout.
 pub fn unpack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
-        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, group_rows(ty), src, dst, false),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, group_rows(ty), src, dst, false),
-        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, group_rows(ty), src, dst, false),
-        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, group_rows(ty), src, dst, false),
-        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, group_rows(ty), src, dst, false),
+        GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, false),
+        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, false),
+        GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, false),
+        GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, false),
+        GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, false),
         _ => false,
     }
 }
 
-fn convert_rows<C: Chunk>(
-    row_bytes: usize,
-    group_rows: usize,
-    src: &[u8],
-    dst: &mut [u8],
-    to_chunks: bool,
-) -> bool {
+fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
     if src.len() != dst.len()
         || row_bytes == 0
         || !row_bytes.is_multiple_of(size_of::<C>())
@@ -374,7 +377,7 @@ fn convert_rows<C: Chunk>(
     {
         return false;
     }
-    let group = group_rows * row_bytes;
+    let group = group_rows(row_bytes) * row_bytes;
     src.chunks(group).zip(dst.chunks_mut(group)).all(|(s, d)| {
         let rows = s.len() / row_bytes;
         if to_chunks {
@@ -510,20 +513,19 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q6_K,
         ] {
-            let x = random(512, 7);
-            let mut row = vec![0u8; ty.row_bytes(512).unwrap() as usize];
-            quantize_row(ty, &x, &mut row);
-            let rb = row.len();
-            // One row alone; five rows: whole groups and a last row alone; seven: a group of
-            // four and one of three (Q6_K: groups of two, the last row alone).
-            for n in [1, 5, 7] {
-                let x = random(512 * n, 7 + n as u64);
+            // Rows of 512 go in fours; of 8960, in twos or alone (`group_rows`).
+            for (cols, n) in [512, 8960]
+                .into_iter()
+                .flat_map(|c| [(c, 1), (c, 5), (c, 7)])
+            {
+                let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+                let x = random(cols * n, 7 + n as u64);
                 let mut rows = vec![0u8; n * rb];
                 quantize_row(ty, &x, &mut rows);
                 let mut packed = vec![0u8; rows.len()];
                 assert!(pack_rows(ty, rb, &rows, &mut packed), "{ty}");
-                // (A lone Q6_K row keeps its super-blocks as they are.)
-                if ty != GgmlType::Q6_K || n > 1 {
+                // (Q6_K rows alone keep their super-blocks as they are.)
+                if ty != GgmlType::Q6_K || group_rows(rb) > 1 && n > 1 {
                     assert_ne!(packed, rows, "{ty}: packing must move bytes");
                 }
                 let mut back = vec![0u8; rows.len()];
@@ -536,6 +538,20 @@ mod tests {
         assert!(!pack_rows(GgmlType::Q4_0, 18, &[0; 72], &mut dst));
         assert!(!pack_rows(GgmlType::Q4_0, 72, &[0; 36], &mut dst[..36]));
         assert!(!supports(GgmlType::Q5_0, 96) && supports(GgmlType::Q5_0, 896));
+    }
+
+    #[test]
+    fn long_rows_go_in_smaller_groups() {
+        assert_eq!(group_rows(616), 4, "Q5_0 rows of 896");
+        assert_eq!(group_rows(GROUP_BYTES / 4), 4);
+        assert_eq!(group_rows(GROUP_BYTES / 4 + 1), 2);
+        assert_eq!(group_rows(5040), 2, "Q4_K rows of 8960");
+        assert_eq!(group_rows(7350), 1, "Q6_K rows of 8960");
+        assert_eq!(group_rows(1 << 20), 1);
+        for rb in [1, 616, 5040, 7350] {
+            assert!(ROW_GROUP.is_multiple_of(group_rows(rb)));
+            assert_eq!(group_start(rb, 13), 13 - 13 % group_rows(rb));
+        }
     }
 
     /// A group of rows alternates chunks: chunk `g·j + r` is row `r`'s chunk `j` (each packed

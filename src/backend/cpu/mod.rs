@@ -77,8 +77,8 @@ impl CpuWeight {
         if !self.is_chunked() {
             return &self.stored()[r * rb..(r + 1) * rb];
         }
-        let first = chunks::group_start(self.ty, r);
-        let end = (first + chunks::group_rows(self.ty)).min(self.rows);
+        let first = chunks::group_start(rb, r);
+        let end = (first + chunks::group_rows(rb)).min(self.rows);
         buf.resize((end - first) * rb, 0);
         chunks::unpack_rows(self.ty, rb, &self.stored()[first * rb..end * rb], buf);
         &buf[(r - first) * rb..(r - first + 1) * rb]

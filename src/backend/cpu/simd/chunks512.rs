@@ -1,6 +1,6 @@
 //! AVX-512 VNNI decode kernels over four-block chunks (`marco_quantize::chunks`): weight rows
-//! against one token, a group of four rows at a time. (`Q6_K` rows, super-blocks as they are
-//! in groups of two, go through the `Q8_K` integer dots of `simd::q8k`.)
+//! against one token, a group of up to four rows at a time. (`Q6_K` rows, super-blocks as
+//! they are, go through the `Q8_K` integer dots of `simd::q8k`, in groups as well.)
 //!
 //! Per chunk (128 weights): two `vpdpbusd` over the low and high halves leave block `b`'s
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
@@ -20,7 +20,7 @@
 use std::arch::x86_64::*;
 
 use marco_quantize::chunks::{
-    as_chunks, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0, ROW_GROUP,
+    as_chunks, group_rows, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0, ROW_GROUP,
 };
 
 use super::avx2::{bytes_to_ps, f16_to_f32, load_ps};
@@ -72,15 +72,17 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q8_0 => legacy::<ChunkQ8_0>(w, row_bytes, x, out, |c| {
             (load512(&c.qs[0]), load512(&c.qs[1]))
         }),
-        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, ROW_GROUP, out, |r, n| match n {
+        GgmlType::Q4_K => rows::<ChunkQ4K>(w, row_bytes, out, |r, n| match n {
             4 => q4_k::<4>(r, x),
             3 => q4_k::<3>(r, x).map(|a| widen(a)),
             2 => q4_k::<2>(r, x).map(|a| widen(a)),
             _ => q4_k::<1>(r, x).map(|a| widen(a)),
         }),
-        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, 2, out, |r, n| {
+        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, out, |r, n| {
             let x = x.q8k();
             match n {
+                4 => q6_k::<4>(r, x),
+                3 => q6_k::<3>(r, x).map(|a| widen(a)),
                 2 => q6_k::<2>(r, x).map(|a| widen(a)),
                 _ => q6_k::<1>(r, x).map(|a| widen(a)),
             }
@@ -100,7 +102,7 @@ fn legacy<C: Chunk + Scales>(
     out: &mut [f32],
     quant: impl Fn(&C) -> (__m512i, __m512i),
 ) -> Option<()> {
-    rows::<C>(w, row_bytes, ROW_GROUP, out, |r, n| match n {
+    rows::<C>(w, row_bytes, out, |r, n| match n {
         4 => legacy_rows::<C, 4>(r, x, &quant),
         3 => legacy_rows::<C, 3>(r, x, &quant).map(|a| widen(a)),
         2 => legacy_rows::<C, 2>(r, x, &quant).map(|a| widen(a)),
@@ -116,19 +118,18 @@ fn widen<const R: usize>(a: [__m512; R]) -> [__m512; ROW_GROUP] {
 }
 
 /// Runs `accs` over each group of rows (`n·row_bytes` of alternating chunks `C`, `n` rows:
-/// `group` (the type's `chunks::group_rows`), or fewer in a last group), 16 rows to a
-/// reduction. `accs(chunks, n)` gives
+/// `chunks::group_rows`, or fewer in a last group), 16 rows to a reduction. `accs(chunks, n)` gives
 /// one accumulator per row (its lanes sum to the row's dot product), zeros after the `n`th.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn rows<C: Chunk>(
     w: &[u8],
     row_bytes: usize,
-    group: usize,
     out: &mut [f32],
     accs: impl Fn(&[C], usize) -> Option<[__m512; ROW_GROUP]>,
 ) -> Option<()> {
     let per_row = as_chunks::<C>(w.get(..row_bytes)?)?.len();
+    let group = group_rows(row_bytes);
     let all = as_chunks::<C>(w)?;
     // Index loops: `zip` over `chunks` is left as a call here (it divides for its length).
     let n_rows = out.len();
