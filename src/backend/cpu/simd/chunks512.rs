@@ -141,7 +141,14 @@ fn rows<C: Chunk>(
             let n = (out.len() - p).min(group);
             let run = all.get((g + p) * per_row..(g + p + n) * per_row)?;
             let accs = accs(run, n)?;
-            sums[p..p + n].copy_from_slice(&accs[..n]);
+            // Copies of a constant length are a few register stores; at the group's length,
+            // a call to memcpy per group (2.7% of a one-thread token).
+            match n {
+                4 => sums[p..p + 4].copy_from_slice(&accs),
+                3 => sums[p..p + 3].copy_from_slice(&accs[..3]),
+                2 => sums[p..p + 2].copy_from_slice(&accs[..2]),
+                _ => sums[p] = accs[0],
+            }
         }
         let sums = reduce16(&sums);
         let keep = if out.len() == 16 {
