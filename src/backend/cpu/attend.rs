@@ -75,29 +75,11 @@ fn qk_scores(h: &Head, scores: &mut [f32]) {
     let n = scores.len();
     let mut j0 = 0;
     while j0 + KEY_BLOCK <= n {
-        let mut acc = [0.0f32; KEY_BLOCK];
-        for (d, &qd) in h.q.iter().enumerate() {
-            let krow = &h.kt[d * h.kt_stride + j0..][..KEY_BLOCK];
-            for (a, &k) in acc.iter_mut().zip(krow) {
-                *a += qd * k;
-            }
-        }
-        for (s, a) in scores[j0..j0 + KEY_BLOCK].iter_mut().zip(acc) {
-            *s = a * h.scale;
-        }
+        qk_block::<KEY_BLOCK>(h, j0, &mut scores[j0..j0 + KEY_BLOCK]);
         j0 += KEY_BLOCK;
     }
     while j0 + LANES <= n {
-        let mut acc = [0.0f32; LANES];
-        for (d, &qd) in h.q.iter().enumerate() {
-            let krow = &h.kt[d * h.kt_stride + j0..][..LANES];
-            for (a, &k) in acc.iter_mut().zip(krow) {
-                *a += qd * k;
-            }
-        }
-        for (s, a) in scores[j0..j0 + LANES].iter_mut().zip(acc) {
-            *s = a * h.scale;
-        }
+        qk_block::<LANES>(h, j0, &mut scores[j0..j0 + LANES]);
         j0 += LANES;
     }
     let tail = &mut scores[j0..];
@@ -109,6 +91,21 @@ fn qk_scores(h: &Head, scores: &mut [f32]) {
         }
     }
     tail.iter_mut().for_each(|s| *s *= h.scale);
+}
+
+/// The scores of positions `j0..j0 + B`, accumulated in registers across channels.
+#[inline(always)]
+fn qk_block<const B: usize>(h: &Head, j0: usize, scores: &mut [f32]) {
+    let mut acc = [0.0f32; B];
+    for (d, &qd) in h.q.iter().enumerate() {
+        let krow = &h.kt[d * h.kt_stride + j0..][..B];
+        for (a, &k) in acc.iter_mut().zip(krow) {
+            *a += qd * k;
+        }
+    }
+    for (s, a) in scores.iter_mut().zip(acc) {
+        *s = a * h.scale;
+    }
 }
 
 /// `out = inv · Σ_j scores[j] · V[j]` for heads of `HD` channels.
