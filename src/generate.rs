@@ -7,13 +7,45 @@ use crate::model::{Logits, Qwen2Model};
 
 /// Index of the largest value (the first one on ties); 0 for an empty slice.
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+    argmax_lanes(v)
+}
+
+/// [`argmax`] worked out lane-wise, so that it vectorizes (the CPU backend compiles it per
+/// instruction set): a decoded token scans 152k logits, and the plain loop (one compare per
+/// value, each waiting on the last) took 0.5% of a one-thread token.
+#[inline(always)]
+pub(crate) fn argmax_lanes(v: &[f32]) -> u32 {
+    const LANES: usize = 16;
+    // A NaN first value wins in the plain loop (nothing compares greater than it).
+    if v.first().is_none_or(|x| x.is_nan()) {
+        return 0;
+    }
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let (mut best, mut at) = ([f32::NEG_INFINITY; LANES], [0u32; LANES]);
+    for (c, chunk) in chunks.enumerate() {
+        let base = (c * LANES) as u32;
+        for (l, &x) in chunk.iter().enumerate() {
+            let better = x > best[l];
+            best[l] = if better { x } else { best[l] };
+            at[l] = if better { base + l as u32 } else { at[l] };
         }
     }
-    best as u32
+    // Each lane holds its first maximum; of equal lanes the first index wins, and the rest
+    // (after every lane's indices) only with a greater value.
+    let (mut value, mut index) = (v[0], 0u32);
+    for (&x, &i) in best.iter().zip(&at) {
+        if x > value || x == value && i < index {
+            (value, index) = (x, i);
+        }
+    }
+    let rest_start = (v.len() - rest.len()) as u32;
+    for (i, &x) in rest.iter().enumerate() {
+        if x > value {
+            (value, index) = (x, rest_start + i as u32);
+        }
+    }
+    index
 }
 
 /// How to pick each next token. `temperature == 0` means greedy.
@@ -178,6 +210,7 @@ mod tests {
     #[test]
     fn argmax_takes_first_of_ties() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]

@@ -786,3 +786,45 @@ fn q8k_dot_matches_reference() {
         }
     }
 }
+
+/// `Kernels::argmax` on every path against the plain first-maximum loop: ties, NaN (first
+/// included), all −∞, lengths around the lane counts and the vocabulary's.
+#[test]
+fn argmax_matches_the_plain_loop_on_every_path() {
+    fn plain(v: &[f32]) -> u32 {
+        let mut best = 0usize;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+    let mut rng = Rng(0xa4a4_0001_0000_0001);
+    for len in (1..70).chain([151_936]) {
+        for case in 0..8 {
+            let mut v: Vec<f32> = (0..len)
+                .map(|_| {
+                    let r = rng.next();
+                    match case {
+                        0..3 => (r % 4) as f32,
+                        3 | 4 if r.is_multiple_of(11) => f32::NAN,
+                        5 => f32::NEG_INFINITY,
+                        _ => rng.unit(),
+                    }
+                })
+                .collect();
+            if case == 7 {
+                v[0] = f32::NAN;
+            }
+            for k in kernel_sets() {
+                assert_eq!(
+                    k.argmax(&v),
+                    plain(&v),
+                    "{} len {len} case {case}",
+                    k.name()
+                );
+            }
+        }
+    }
+}

@@ -38,6 +38,26 @@ fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `crate::generate::argmax` compiled for AVX-512 (16-wide).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+pub unsafe fn argmax_avx512(v: &[f32]) -> u32 {
+    crate::generate::argmax_lanes(v)
+}
+
+/// `crate::generate::argmax` compiled for AVX2 (8-wide).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn argmax_avx2(v: &[f32]) -> u32 {
+    crate::generate::argmax_lanes(v)
+}
+
 pub fn swiglu_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
     swiglu_body(gate, up, out)
 }

@@ -444,6 +444,19 @@ impl Kernels {
         }
     }
 
+    /// `crate::generate::argmax` (the first index of the largest value), compiled for this
+    /// path (same result).
+    pub fn argmax(&self, v: &[f32]) -> u32 {
+        match self.isa {
+            // SAFETY (each SIMD arm): the Kernels invariant says the CPU has these features.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { super::elementwise::argmax_avx512(v) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { super::elementwise::argmax_avx2(v) },
+            _ => crate::generate::argmax(v),
+        }
+    }
+
     /// `marco_quantize::act::quantize_activations`, compiled for this path (same results).
     pub fn quantize_activations(&self, x: &[f32], out: &mut [BlockQ8x32]) {
         use super::elementwise as e;

@@ -114,6 +114,9 @@ pub struct CpuBackend {
     packed: PackedActs,
     kv: Option<KvCache>,
     scratch: Vec<f32>,
+    /// RoPE's inverse frequencies for the last (head size, base): each decoded token calls
+    /// `rope` twice per layer, and a `powf` per frequency each time was 0.3% of a token.
+    rope_freqs: (usize, f32, Vec<f64>),
 }
 
 impl CpuBackend {
@@ -137,6 +140,7 @@ impl CpuBackend {
             bufs: Vec::new(),
             act_q8: Vec::new(),
             row_buf: Vec::new(),
+            rope_freqs: (0, 0.0, Vec::new()),
             act_chunks: ActChunks::default(),
             packed: PackedActs::default(),
             kv: None,
@@ -429,10 +433,16 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let data = &mut self.bufs[buf.0];
         let half = head_dim / 2;
+        if (self.rope_freqs.0, self.rope_freqs.1) != (head_dim, freq_base) {
+            let freqs = (0..half)
+                .map(|i| (freq_base as f64).powf(-2.0 * i as f64 / head_dim as f64))
+                .collect();
+            self.rope_freqs = (head_dim, freq_base, freqs);
+        }
+        let freqs = &self.rope_freqs.2;
         for t in 0..n_tokens {
             let pos = (pos0 + t) as f64;
-            for i in 0..half {
-                let inv_freq = (freq_base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            for (i, &inv_freq) in freqs.iter().enumerate() {
                 let (sin, cos) = ((pos * inv_freq) as f32).sin_cos();
                 for h in 0..n_heads {
                     let base = (t * n_heads + h) * head_dim;
@@ -539,9 +549,7 @@ impl Backend for CpuBackend {
     }
 
     fn argmax(&mut self, buf: BufId, offset: usize, len: usize) -> Result<u32> {
-        Ok(crate::generate::argmax(
-            &self.bufs[buf.0][offset..offset + len],
-        ))
+        Ok(self.kernels.argmax(&self.bufs[buf.0][offset..offset + len]))
     }
 }
 
