@@ -278,10 +278,11 @@ fn run_test(
         if n_prompt > 0 {
             engine.model.forward(&prompt, Logits::Last, &mut logits)?;
         }
+        // Decoding as greedy generation runs it: the logits stay with the backend, which
+        // picks the token (llama-bench, too, leaves them where they are computed).
         let mut token = 198u32 % n_vocab;
         for _ in 0..n_gen {
-            engine.model.forward(&[token], Logits::Last, &mut logits)?;
-            token = marco::generate::argmax(&logits);
+            token = engine.model.forward_argmax(&[token])?;
         }
         Ok(t0.elapsed().as_secs_f64())
     };
