@@ -10,9 +10,9 @@
 //! 128-bit lane: the "low half" register has elements 0..16 of the 4 blocks, the "high half"
 //! elements 16..32. Two byte dot products then leave each block's sum in its own lane, and one
 //! per-lane scale finishes all four. A chunk has exactly the bytes of its 4 blocks, so
-//! repacked rows take the bytes of the original ones; they are stored in groups of four whose
-//! chunks alternate ([`pack_rows`]), so a row is not one contiguous span any more, but a group
-//! is.
+//! repacked rows take the bytes of the original ones; they are stored in groups of up to four
+//! rows whose chunks alternate ([`pack_rows`], [`group_rows`]), so a row is not one contiguous
+//! span any more, but a group is.
 //!
 //! Activations for chunked rows come in the same order ([`ActChunks`]).
 

@@ -10,12 +10,11 @@
 //! (`ActChunks::neg_sums`, shifted), so it ends at its true partial dot.
 //!
 //! Rows come in groups whose chunks alternate (`chunks::pack_rows`, `chunks::group_rows`):
-//! each chunk of activations
-//! is loaded once for the group's rows, and the weights are one sequential stream. Measured
-//! here (AMD EPYC, 2 MiB pages), a `Q5_0` loop of this kind reads memory at ~95% of a plain
-//! read loop in groups of four, ~85% in pairs, ~78% one row at a time: loads that hit L1
-//! still hold the core's load queue, so fewer of them per weight byte let it keep more misses
-//! in flight.
+//! each chunk of activations is loaded once for the group's rows, and the weights are one
+//! sequential stream. Measured here (AMD EPYC, 2 MiB pages), a `Q5_0` loop of this kind reads
+//! memory at ~95% of a plain read loop in groups of four, ~85% in pairs, ~78% one row at a
+//! time: loads that hit L1 still hold the core's load queue, so fewer of them per weight byte
+//! let it keep more misses in flight.
 
 use std::arch::x86_64::*;
 
@@ -31,8 +30,8 @@ use marco_quantize::GgmlType;
 
 /// `out[r] = dot(row r, x)` for `out.len()` chunked rows of type `ty` in `w`, starting at a
 /// group boundary (see `Kernels::dot_chunks`); the rows after the last whole group are one
-/// shorter group. `None` for types without chunks, rows that are not whole chunks, or rows longer than
-/// the activations.
+/// shorter group. `None` for types without chunks, rows that are not whole chunks, or rows
+/// longer than the activations.
 ///
 /// Why a call per run of rows rather than per row: most decode rows are short (896 weights
 /// of Q5_0 are 616 bytes, ten cache lines), and a call, a type dispatch and a horizontal
@@ -118,8 +117,9 @@ fn widen<const R: usize>(a: [__m512; R]) -> [__m512; ROW_GROUP] {
 }
 
 /// Runs `accs` over each group of rows (`n·row_bytes` of alternating chunks `C`, `n` rows:
-/// `chunks::group_rows`, or fewer in a last group), 16 rows to a reduction. `accs(chunks, n)` gives
-/// one accumulator per row (its lanes sum to the row's dot product), zeros after the `n`th.
+/// `chunks::group_rows`, or fewer in a last group), 16 rows to a reduction. `accs(chunks, n)`
+/// gives one accumulator per row (its lanes sum to the row's dot product), zeros after the
+/// `n`th.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn rows<C: Chunk>(
