@@ -6,15 +6,12 @@ use marco_quantize::rng::SplitMix64;
 use crate::model::{Logits, Qwen2Model};
 
 /// Index of the largest value (the first one on ties); 0 for an empty slice.
-pub fn argmax(v: &[f32]) -> u32 {
-    argmax_lanes(v)
-}
-
-/// [`argmax`] worked out lane-wise, so that it vectorizes (the CPU backend compiles it per
-/// instruction set): a decoded token scans 152k logits, and the plain loop (one compare per
-/// value, each waiting on the last) took 0.5% of a one-thread token.
+///
+/// Worked out lane-wise, so that it vectorizes (the CPU backend compiles it per instruction
+/// set): a decoded token scans 152k logits, and the plain loop (one compare per value, each
+/// waiting on the last) took 0.5% of a one-thread token.
 #[inline(always)]
-pub(crate) fn argmax_lanes(v: &[f32]) -> u32 {
+pub fn argmax(v: &[f32]) -> u32 {
     const LANES: usize = 16;
     // A NaN first value wins in the plain loop (nothing compares greater than it).
     if v.first().is_none_or(|x| x.is_nan()) {

@@ -252,7 +252,7 @@ unsafe impl Chunk for ChunkQ4K {
 /// `Q6_K` super-blocks go in groups as they are: a chunk is one GGUF super-block, unchanged. Its
 /// kernel works on `Q8_K` activations ([`ActChunks::q8k`]), where the sub-block scales
 /// multiply integer dots directly; what groups bring is one stream and one load of each
-/// activation block for two rows.
+/// activation block for all of a group's rows.
 // SAFETY: `BlockQ6K` is a `repr(C)` struct of byte arrays (alignment 1, every bit pattern
 // valid), one block long.
 unsafe impl Chunk for BlockQ6K {

@@ -45,7 +45,7 @@ fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
 pub unsafe fn argmax_avx512(v: &[f32]) -> u32 {
-    crate::generate::argmax_lanes(v)
+    crate::generate::argmax(v)
 }
 
 /// `crate::generate::argmax` compiled for AVX2 (8-wide).
@@ -55,7 +55,7 @@ pub unsafe fn argmax_avx512(v: &[f32]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 pub unsafe fn argmax_avx2(v: &[f32]) -> u32 {
-    crate::generate::argmax_lanes(v)
+    crate::generate::argmax(v)
 }
 
 pub fn swiglu_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {

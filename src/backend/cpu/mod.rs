@@ -619,9 +619,11 @@ impl RowPlan {
         // Enough tasks per thread that a descheduled thread only delays a small share,
         // few enough that the per-task overhead stays small.
         let rows_per_task = (total / (n_threads * 16)).max(min_rows).clamp(4, 256);
-        // Each task starts at a group of chunked rows (`chunks::pack_rows`).
+        // Each task starts at a group of chunked rows (`chunks::pack_rows`), and a tile's
+        // rows hold whole groups.
+        const _: () = assert!(gemm::ROWS.is_multiple_of(chunks::ROW_GROUP));
         let rows_per_task = rows_per_task.next_multiple_of(if whole_tiles {
-            8usize.next_multiple_of(chunks::ROW_GROUP)
+            gemm::ROWS
         } else {
             chunks::ROW_GROUP
         });
