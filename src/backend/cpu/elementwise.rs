@@ -16,17 +16,23 @@ pub fn exp_poly(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-                                     // Clamped with comparisons that are false for NaN, so a NaN comes out as NaN.
+    // 1.5 · 2^23: adding it rounds to an integer.
+    const ROUND: f32 = 12_582_912.0;
+    // Clamped with comparisons that are false for NaN, so a NaN comes out as NaN.
     let x = if x < -87.0 { -87.0 } else { x };
     let x = if x > 88.0 { 88.0 } else { x };
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let k = shifted - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let pow2 = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // k as an integer: the low bits of `shifted` (whose exponent is that of 1.5·2^23, so its
+    // mantissa counts in units) minus those of ROUND. Not `k as i32`: Rust's saturating cast
+    // does not vectorize, and became 16 scalar conversions per vector (most of SwiGLU's time).
+    let k_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let pow2 = f32::from_bits(k_int.wrapping_add(127) << 23);
     p * pow2
 }
 
@@ -113,7 +119,11 @@ pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
             let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
             let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
             let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
-            let step = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0)), _mm512_set1_ps(1.0));
+            // ±1 with v's sign, in integer logic: `_mm512_or_ps` and `_mm512_and_ps` are
+            // AVX-512 DQ, which this path does not require, so they were calls, not inlined.
+            let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+            let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
+            let step = _mm512_castsi512_ps(_mm512_or_si512(sign, one));
             let r = _mm512_mask_add_ps(t, away, t, step);
             // Saturate like `as i8` (±inf when a block's amax is so tiny that 1/d overflows),
             // and NaN → 0.
