@@ -478,10 +478,18 @@ impl ActChunks {
     /// Quantizes `x` (whole `Q8_K` blocks of 256; a last partial block is dropped) as
     /// `Q8_K`, ggml's reference quantizer, reusing the buffer.
     pub fn fill_q8k(&mut self, x: &[f32]) {
+        self.fill_q8k_with(x, |x, out| {
+            crate::quants::quantize_row(GgmlType::Q8_K, x, out)
+        });
+    }
+
+    /// [`fill_q8k`](Self::fill_q8k) through `quantize(values, row bytes)`: a faster
+    /// quantizer with the same results.
+    pub fn fill_q8k_with(&mut self, x: &[f32], quantize: impl FnOnce(&[f32], &mut [u8])) {
         let n = x.len() / crate::types::QK_K * crate::types::QK_K;
         let bytes = GgmlType::Q8_K.row_bytes(n as u64).unwrap_or(0) as usize;
         self.q8k.resize(bytes, 0);
-        crate::quants::quantize_row(GgmlType::Q8_K, &x[..n], &mut self.q8k);
+        quantize(&x[..n], &mut self.q8k);
     }
 
     /// The token as `Q8_K` blocks (after [`fill_q8k`](Self::fill_q8k); empty before).

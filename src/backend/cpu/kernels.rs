@@ -457,6 +457,19 @@ impl Kernels {
         }
     }
 
+    /// One token as `Q8_K` blocks into `out` (ggml's quantizer, the reference's results bit
+    /// for bit; `x` holds whole blocks of 256).
+    pub fn quantize_q8k(&self, x: &[f32], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            if let Some(blocks) = marco_quantize::blocks::as_blocks_mut(out) {
+                // SAFETY: the Kernels invariant says the CPU has AVX-512 (F/BW/VL) and AVX2.
+                return unsafe { super::elementwise::quantize_q8k_avx512(x, blocks) };
+            }
+        }
+        marco_quantize::quants::quantize_row(GgmlType::Q8_K, x, out)
+    }
+
     /// `marco_quantize::act::quantize_activations`, compiled for this path (same results).
     pub fn quantize_activations(&self, x: &[f32], out: &mut [BlockQ8x32]) {
         use super::elementwise as e;

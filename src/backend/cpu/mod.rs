@@ -380,7 +380,9 @@ impl Backend for CpuBackend {
         }
         if q8k_ready {
             // ggml's quantizer, as its K-quant dots use.
-            self.act_chunks.fill_q8k(&xs[..cols]);
+            let kernels = self.kernels;
+            self.act_chunks
+                .fill_q8k_with(&xs[..cols], |x, out| kernels.quantize_q8k(x, out));
         }
         let mut outs = [SharedMut(std::ptr::null_mut()); 4];
         for (i, j) in jobs.iter().enumerate() {
