@@ -82,6 +82,12 @@ struct StallWindow {
 
 /// Jobs per measurement window.
 const WINDOW_JOBS: u32 = 256;
+/// A window with the workers ends early, as a loss, once this many of its jobs took at least
+/// as long as the caller's own time scaled to all their tasks (`StallWindow::alone`). On a
+/// quiet machine two threads take 0.5-0.65 of that; beside a busy neighbour a descheduled
+/// worker's task stalls whole jobs, and a full window of that (about two decoded tokens,
+/// after every solo stretch) cost 2-5% of the decoding speed.
+const EARLY_JOBS: u32 = 32;
 /// With the workers, a window must take less than this share of the last solo window.
 const PAYOFF: f64 = 0.97;
 /// Before any solo window, an estimate decides when to try one: the caller's own time per task
@@ -222,7 +228,8 @@ impl ThreadPool {
         w.jobs += 1;
         w.total += total;
         w.alone += alone;
-        if w.jobs >= WINDOW_JOBS {
+        let losing = w.solo_until.is_none() && w.jobs >= EARLY_JOBS && w.total >= w.alone;
+        if w.jobs >= WINDOW_JOBS || losing {
             let now = Instant::now();
             let secs = w.total.as_secs_f64();
             match w.solo_until {
@@ -235,10 +242,11 @@ impl ThreadPool {
                 None => {
                     // The solo window serves the trial right after it only: later windows may
                     // hold other work (a prompt's jobs, not a token's).
-                    let paid_off = match w.last_solo.take() {
-                        Some(solo) => secs < PAYOFF * solo.as_secs_f64(),
-                        None => secs < TRY_SOLO * w.alone.as_secs_f64(),
-                    };
+                    let paid_off = !losing
+                        && match w.last_solo.take() {
+                            Some(solo) => secs < PAYOFF * solo.as_secs_f64(),
+                            None => secs < TRY_SOLO * w.alone.as_secs_f64(),
+                        };
                     if paid_off {
                         w.stalled_windows = 0;
                     } else {
@@ -491,13 +499,19 @@ mod tests {
     #[test]
     fn workers_that_do_not_pay_off_switch_to_solo_and_back() {
         let pool = ThreadPool::new(2);
+        // Jobs of one kind until the window closes; returns how many it took.
         let window = |total_us: u64, alone_us: u64| {
-            for _ in 0..WINDOW_JOBS {
-                let (t, a) = (
-                    Duration::from_micros(total_us),
-                    Duration::from_micros(alone_us),
-                );
+            let (t, a) = (
+                Duration::from_micros(total_us),
+                Duration::from_micros(alone_us),
+            );
+            let mut jobs = 0;
+            loop {
                 pool.note_job(t, a);
+                jobs += 1;
+                if pool.stalls.get().jobs == 0 {
+                    return jobs;
+                }
             }
         };
         let solo_left = || {
@@ -507,8 +521,8 @@ mod tests {
         // Two threads at half the caller's estimate: they pay off.
         window(50, 100);
         assert_eq!(solo_left(), None);
-        // At the estimate: try solo.
-        window(100, 100);
+        // At the estimate: try solo, as soon as the window shows it.
+        assert_eq!(window(100, 100), EARLY_JOBS);
         assert!(solo_left().is_some_and(|l| l > SOLO / 2 && l <= SOLO));
         // Solo jobs run on the caller alone.
         let on_worker = AtomicUsize::new(0);
@@ -530,14 +544,15 @@ mod tests {
             pool.stalls.get().last_solo,
             Some(Duration::from_micros(80 * 256))
         );
-        // Slower than solo with the workers: a stretch twice as long.
-        window(90, 200);
+        // Slower than solo with the workers (not slower than the estimate): a full window,
+        // then a stretch twice as long.
+        assert_eq!(window(90, 200), WINDOW_JOBS);
         assert!(solo_left().is_some_and(|l| l > SOLO && l <= 2 * SOLO));
         std::thread::sleep(2 * SOLO);
         window(80, 80);
         assert_eq!(solo_left(), None);
         // Faster: the workers stay, and the backoff resets.
-        window(60, 200);
+        assert_eq!(window(60, 200), WINDOW_JOBS);
         assert_eq!(solo_left(), None);
         assert_eq!(pool.stalls.get().stalled_windows, 0);
     }
