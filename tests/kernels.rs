@@ -828,3 +828,55 @@ fn argmax_matches_the_plain_loop_on_every_path() {
         }
     }
 }
+
+/// Single-thread GB/s of the one-token chunk kernels alone (the decode path), per chunked
+/// type: rows that stay in L2 (compute-bound) and 512 MB of rows in 2 MiB pages (memory-
+/// bound). Prints only: `cargo test --release -p marco --test kernels -- --ignored
+/// --nocapture chunk_throughput` (`BENCH_TYPE=Q5_0` for one type).
+#[test]
+#[ignore = "a throughput printout for tuning, not a check; run by hand"]
+fn bench_chunk_throughput() {
+    use marco_quantize::chunks::{pack_rows, ActChunks};
+    use std::hint::black_box;
+    let Some(k) = Kernels::forced(Isa::Avx512Vnni) else {
+        return; // the chunk kernels are AVX-512 VNNI only
+    };
+    let only = std::env::var("BENCH_TYPE").ok();
+    let mut rng = Rng(7);
+    for (ty, rows, cols) in [
+        (GgmlType::Q5_0, 4864, 896),
+        (GgmlType::Q8_0, 4864, 896),
+        (GgmlType::Q4_K, 896, 4864),
+        (GgmlType::Q6_K, 896, 4864),
+    ] {
+        if only.as_ref().is_some_and(|o| *o != ty.to_string()) || !k.has_chunks(ty, cols) {
+            continue;
+        }
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let big_rows = (512 << 20) / rb / 64 * 64;
+        let mut buf = marco::backend::cpu::memory::WeightBuf::zeroed(big_rows * rb).unwrap();
+        let packed = buf.as_mut_slice();
+        for part in packed.chunks_mut(rows * rb) {
+            let w = random_row(&mut rng, ty, cols * (part.len() / rb));
+            assert!(pack_rows(ty, rb, &w, part));
+        }
+        let packed = &*packed;
+        let x = random_acts(&mut rng, cols);
+        let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut acts = ActChunks::default();
+        acts.fill(&x);
+        acts.fill_q8k(&xf);
+        let mut out = [0.0f32; 64];
+        let mut run = |n_rows: usize| {
+            for rows in packed[..n_rows * rb].chunks(64 * rb) {
+                let out = &mut out[..rows.len() / rb];
+                k.dot_chunks(ty, black_box(rows), &acts, out);
+                black_box(&out);
+            }
+        };
+        let l2_rows = (256 << 10) / rb / 4 * 4;
+        let l2 = best_gbs(rb, l2_rows, 40, 5, || run(l2_rows));
+        let mem = best_gbs(rb, big_rows, 1, 3, || run(big_rows));
+        println!("{ty} {rows}x{cols} chunked: L2 {l2:6.2}  512MB {mem:6.2} GB/s");
+    }
+}
