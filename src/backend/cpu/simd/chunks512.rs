@@ -1,6 +1,6 @@
 //! AVX-512 VNNI decode kernels over four-block chunks (`marco_quantize::chunks`): weight rows
 //! against one token, a group of up to four rows at a time. (`Q6_K` rows, super-blocks as
-//! they are, go through the `Q8_K` integer dots of `simd::q8k`, in groups as well.)
+//! they are, go against `Q8_K` activations, in groups as well: [`q6_k`].)
 //!
 //! Per chunk (128 weights): two `vpdpbusd` over the low and high halves leave block `b`'s
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
