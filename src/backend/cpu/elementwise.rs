@@ -157,7 +157,7 @@ pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
 /// activations, 5 µs per 4864 values).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW and AVX2.
+/// The CPU must support AVX-512 F/BW/VL, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 pub unsafe fn quantize_q8k_avx512(x: &[f32], out: &mut [marco_quantize::blocks::BlockQ8K]) {
@@ -312,7 +312,11 @@ mod tests {
     fn quantize_q8k_avx512_equals_the_reference() {
         use marco_quantize::blocks::{as_blocks, BlockQ8K};
         use marco_quantize::{GgmlType, QK_K};
-        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+        if !(is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("fma"))
+        {
             return; // nothing to compare on this CPU (the kernel tests cover the paths it has)
         }
         let n_blocks = 9;
@@ -330,14 +334,18 @@ mod tests {
         x[b(4) + 3] = f32::NAN;
         x[b(4) + 100] = f32::NAN;
         x[b(5) + 17] = f32::INFINITY;
-        // Block 6: values whose products land on halves (max 127 gives iscale -1).
+        // Block 6: values whose products land on halves (the max, -127, gives iscale 1).
         for (j, v) in x[b(6)..b(7)].iter_mut().enumerate() {
             *v = (j % 64) as f32 - 31.5;
         }
         x[b(6) + 255] = -127.0;
-        // Block 7: tiny values (1/d overflows nowhere, but the scale is a denormal's size).
+        // Block 7: values so tiny that iscale = -127/max overflows to infinity; block 8: tiny
+        // values with a finite iscale.
         for (j, v) in x[b(7)..b(8)].iter_mut().enumerate() {
             *v = 1e-39 * (j as f32 - 128.0);
+        }
+        for (j, v) in x[b(8)..b(9)].iter_mut().enumerate() {
+            *v = 1e-30 * (j as f32 - 100.0);
         }
         let bytes = GgmlType::Q8_K.row_bytes(x.len() as u64).unwrap() as usize;
         let mut want = vec![0u8; bytes];
@@ -351,7 +359,7 @@ mod tests {
             };
             n_blocks
         ];
-        // SAFETY: checked above that the CPU has AVX-512 F/BW (and so AVX2 and FMA).
+        // SAFETY: checked above that the CPU has AVX-512 F/BW/VL and FMA (and so AVX2).
         unsafe { quantize_q8k_avx512(&x, &mut got) };
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g.d, w.d, "block {i}: scale");

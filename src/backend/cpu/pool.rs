@@ -63,7 +63,8 @@ pub struct ThreadPool {
 }
 
 /// Whether the workers pay off, measured over windows of `WINDOW_JOBS` jobs of more than
-/// one task (the same mix of ops either way: decoding repeats the same jobs every token).
+/// one task (the same mix of ops either way: decoding repeats the same jobs every token); a
+/// window with the workers may end sooner, as a loss (`EARLY_JOBS`).
 #[derive(Clone, Copy, Default)]
 struct StallWindow {
     jobs: u32,
@@ -82,11 +83,13 @@ struct StallWindow {
 
 /// Jobs per measurement window.
 const WINDOW_JOBS: u32 = 256;
-/// A window with the workers ends early, as a loss, once this many of its jobs took at least
-/// as long as the caller's own time scaled to all their tasks (`StallWindow::alone`). On a
-/// quiet machine two threads take 0.5-0.65 of that; beside a busy neighbour a descheduled
-/// worker's task stalls whole jobs, and a full window of that (about two decoded tokens,
-/// after every solo stretch) cost 2-5% of the decoding speed.
+/// A window with the workers ends early, as a loss, when after at least this many jobs their
+/// total time has reached the sum of the caller's own times scaled to all their tasks
+/// (`StallWindow::alone`; checked after every job from then on). On a quiet machine two
+/// threads take 0.45-0.57 of that sum, and a biased estimate (a prompt's attention, whose first
+/// tasks are the cheap ones) about 0.75; beside a busy neighbour a descheduled worker's task
+/// stalls whole jobs, and a full window of that (about two decoded tokens, after every solo
+/// stretch) cost 2-5% of the decoding speed.
 const EARLY_JOBS: u32 = 32;
 /// With the workers, a window must take less than this share of the last solo window.
 const PAYOFF: f64 = 0.97;
@@ -200,8 +203,8 @@ impl ThreadPool {
         let own_tasks = run_tasks(s, generation, 0, |task| f(task, 0));
         // Alone, the caller would have needed about its own time per task for all of them.
         // (Its share is the job's first tasks, which may be cheaper, as the first tokens of a
-        // prompt's attention are: then this runs low, and only starts a solo trial sooner;
-        // the trial's measured window decides.)
+        // prompt's attention are: then this runs low. It starts a solo trial sooner, whose
+        // measured window then decides, or, far off, ends a window early: see EARLY_JOBS.)
         let alone = started
             .elapsed()
             .mul_f64(n_tasks as f64 / own_tasks.max(1) as f64);
@@ -222,7 +225,8 @@ impl ThreadPool {
     }
 
     /// Adds one job to the window. A full window run with the workers switches to solo if
-    /// they did not pay off; a full solo window switches back once its time is up.
+    /// they did not pay off, and so does one that is clearly losing (`EARLY_JOBS`); a full
+    /// solo window switches back once its time is up.
     fn note_job(&self, total: Duration, alone: Duration) {
         let mut w = self.stalls.get();
         w.jobs += 1;

@@ -433,7 +433,7 @@ fn q6_sumi512(b: &BlockQ6K, xq: &[__m512i; 4], bsums: __m256i) -> __m512i {
             let g = 2 * half + k;
             // nib | (top & 0x30)
             let q = _mm512_ternarylogic_epi32::<0xF8>(nib, top, _mm512_set1_epi8(0x30));
-            // |pair| ≤ 2·63·127: no saturation.
+            // |pair| ≤ 2·63·128: no saturation.
             let p = _mm512_maddubs_epi16(q, xq[g]);
             // 128-bit lane j: sub-block 4g + j's scale in every word.
             let pick = _mm512_set_epi64(

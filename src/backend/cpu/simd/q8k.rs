@@ -127,14 +127,14 @@ fn q6(w: &[BlockQ6K], x: &[BlockQ8K]) -> f32 {
 }
 
 /// A `Q8_K` block in registers for [`q6_sumi`]: its 8 groups of 32 quants and its 16 sums.
-pub(super) struct Q8kActs {
+struct Q8kActs {
     q: [__m256i; 8],
     bsums: __m256i,
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_acts(xb: &BlockQ8K) -> Q8kActs {
+fn q6_acts(xb: &BlockQ8K) -> Q8kActs {
     Q8kActs {
         q: std::array::from_fn(|g| xq(xb, g)),
         bsums: bsums(xb),
@@ -145,7 +145,7 @@ pub(super) fn q6_acts(xb: &BlockQ8K) -> Q8kActs {
 /// `d·d_x` it is the block's share of the row's dot).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q6_sumi(b: &BlockQ6K, x: &Q8kActs) -> __m256i {
+fn q6_sumi(b: &BlockQ6K, x: &Q8kActs) -> __m256i {
     let q = q6k_quants(b);
     // The 16 scales as i16: words 0..8 in the low half, 8..16 in the high.
     let sc16 = _mm256_cvtepi8_epi16(load_scales(&b.scales));
