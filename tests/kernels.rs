@@ -645,21 +645,8 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
         let packed = packed_buf.as_mut_slice();
         let whole = packed.len();
         marco_quantize::chunks::pack_rows(ty, row_bytes, &w[..whole], packed);
-        let packed = &*packed;
-        let mut acts = marco_quantize::chunks::ActChunks::default();
-        acts.fill(x1);
-        acts.fill_q8k(&xf);
-        // 64 rows to a call, as the CPU backend decodes.
-        let mut out = [0.0f32; 64];
-        let mut chunked = |n_rows: usize| {
-            for rows in packed[..n_rows * row_bytes].chunks(64 * row_bytes) {
-                let out = &mut out[..rows.len() / row_bytes];
-                k.dot_chunks(ty, black_box(rows), &acts, out);
-                black_box(&out);
-            }
-        };
-        let l2c = best_gbs(row_bytes, l2_rows, reps, 5, || chunked(l2_rows));
-        let coldc = best_gbs(row_bytes, big_rows, 1, 2, || chunked(big_rows));
+        let acts = chunk_acts(x1, &xf);
+        let (l2c, coldc) = chunked_gbs(k, ty, row_bytes, packed, &acts, l2_rows, reps);
         println!(
             "  {} chunked: L2 {l2c:6.2}  512MB {coldc:6.2} GB/s",
             k.name()
@@ -836,8 +823,7 @@ fn argmax_matches_the_plain_loop_on_every_path() {
 #[test]
 #[ignore = "a throughput printout for tuning, not a check; run by hand"]
 fn bench_chunk_throughput() {
-    use marco_quantize::chunks::{pack_rows, ActChunks};
-    use std::hint::black_box;
+    use marco_quantize::chunks::pack_rows;
     let Some(k) = Kernels::forced(Isa::Avx512Vnni) else {
         return; // the chunk kernels are AVX-512 VNNI only
     };
@@ -860,23 +846,44 @@ fn bench_chunk_throughput() {
             let w = random_row(&mut rng, ty, cols * (part.len() / rb));
             assert!(pack_rows(ty, rb, &w, part));
         }
-        let packed = &*packed;
         let x = random_acts(&mut rng, cols);
         let xf: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
-        let mut acts = ActChunks::default();
-        acts.fill(&x);
-        acts.fill_q8k(&xf);
-        let mut out = [0.0f32; 64];
-        let mut run = |n_rows: usize| {
-            for rows in packed[..n_rows * rb].chunks(64 * rb) {
-                let out = &mut out[..rows.len() / rb];
-                k.dot_chunks(ty, black_box(rows), &acts, out);
-                black_box(&out);
-            }
-        };
         let l2_rows = (256 << 10) / rb / 4 * 4;
-        let l2 = best_gbs(rb, l2_rows, 40, 5, || run(l2_rows));
-        let mem = best_gbs(rb, big_rows, 1, 3, || run(big_rows));
+        let (l2, mem) = chunked_gbs(k, ty, rb, packed, &chunk_acts(&x, &xf), l2_rows, 40);
         println!("{ty} {rows}x{cols} chunked: L2 {l2:6.2}  512MB {mem:6.2} GB/s");
     }
+}
+
+/// One token's activations in chunk order and as `Q8_K`, as the CPU backend prepares them.
+fn chunk_acts(x: &[BlockQ8x32], xf: &[f32]) -> marco_quantize::chunks::ActChunks {
+    let mut acts = marco_quantize::chunks::ActChunks::default();
+    acts.fill(x);
+    acts.fill_q8k(xf);
+    acts
+}
+
+/// GB/s of the one-token chunk kernel over the packed rows of `rb` bytes in `packed`, 64 rows
+/// to a call as the CPU backend decodes: the first `l2_rows` rows `reps` times over (they stay
+/// in L2), and all of them once (from memory).
+fn chunked_gbs(
+    k: Kernels,
+    ty: GgmlType,
+    rb: usize,
+    packed: &[u8],
+    acts: &marco_quantize::chunks::ActChunks,
+    l2_rows: usize,
+    reps: usize,
+) -> (f64, f64) {
+    use std::hint::black_box;
+    let mut out = [0.0f32; 64];
+    let mut run = |n_rows: usize| {
+        for rows in packed[..n_rows * rb].chunks(64 * rb) {
+            let out = &mut out[..rows.len() / rb];
+            k.dot_chunks(ty, black_box(rows), acts, out);
+            black_box(&out);
+        }
+    };
+    let l2 = best_gbs(rb, l2_rows, reps, 5, || run(l2_rows));
+    let all = packed.len() / rb;
+    (l2, best_gbs(rb, all, 1, 2, || run(all)))
 }
