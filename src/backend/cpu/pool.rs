@@ -246,8 +246,9 @@ impl ThreadPool {
                 None => {
                     // The solo window serves the trial right after it only: later windows may
                     // hold other work (a prompt's jobs, not a token's).
+                    let last_solo = w.last_solo.take();
                     let paid_off = !losing
-                        && match w.last_solo.take() {
+                        && match last_solo {
                             Some(solo) => secs < PAYOFF * solo.as_secs_f64(),
                             None => secs < TRY_SOLO * w.alone.as_secs_f64(),
                         };
