@@ -260,6 +260,7 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
         (GgmlType::Q4_K, 512),
         (GgmlType::Q4_K, 256),
         // Long rows, in smaller groups (`chunks::group_rows`): twos, and alone.
+        (GgmlType::Q4_K, 4864),
         (GgmlType::Q4_K, 8960),
         (GgmlType::Q8_0, 8960),
     ] {
@@ -321,8 +322,8 @@ fn q6_k_chunk_runs_match_reference() {
     let mut rng = Rng(0xc4c4_0003_5555_0001);
     let ty = GgmlType::Q6_K;
     let mut checked = 0;
-    // Groups of four, two (4864) and rows alone (8960): `chunks::group_rows`.
-    for cols in [256, 1536, 4864, 8960] {
+    // Groups of four, two (3072) and rows alone (4864, 8960): `chunks::group_rows`.
+    for cols in [256, 1536, 3072, 4864, 8960] {
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;
         let xf: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
         let mut acts = ActChunks::default();

@@ -304,7 +304,7 @@ pub fn supports(ty: GgmlType, cols: usize) -> bool {
 pub const ROW_GROUP: usize = 4;
 
 /// The most weight bytes in one pass over a group's rows (see [`group_rows`]).
-pub const GROUP_BYTES: usize = 12 << 10;
+pub const GROUP_BYTES: usize = 7 << 10;
 
 /// Rows per group of [`pack_rows`] for rows of `row_bytes` bytes: a group's chunks alternate,
 /// so a kernel decodes its rows together from one sequential stream and loads each chunk of
@@ -320,11 +320,13 @@ pub const GROUP_BYTES: usize = 12 << 10;
 /// against 19-20 in pairs.
 ///
 /// Why fewer for long rows: the streamed weights go through L1 (32 KiB here) too, and push the
-/// activations out of it when a group's pass is long. Measured (one thread, from memory):
-/// `Q4_K` rows of 8960 weights (5 KB) read at 11-16 GB/s in fours against 22-24 in pairs;
-/// `Q6_K` rows of 8960 (7 KB) at 20-21 in pairs against 23-25 alone; `Q6_K` rows of 4864
-/// (4 KB) were slower in fours than in pairs in the model, while `Q4_K` rows of 4864 (2.7 KB,
-/// 11 KB a pass) read as fast in fours as in pairs.
+/// activations (about 8 KB for rows of 4864 weights) out of it when a group's pass is long.
+/// Measured with the AVX-512 kernels, one thread, default model, as a share of the speed of
+/// its `Q8_0` output rows in the same run: its `Q4_K` rows of 4864 weights (2.7 KB) read at
+/// 79-85% in pairs against 74-80% in fours and 74-78% alone; its `Q6_K` rows of 4864 (4 KB)
+/// at 88-96% alone against 83-88% in pairs. In the 1.5B model, `Q4_K` rows of 8960 (5 KB)
+/// read at 15-16 GB/s alone against 14-15 in pairs. Token speed, twelve alternating pairs:
+/// +3% on one thread (12 KiB before).
 pub fn group_rows(row_bytes: usize) -> usize {
     let mut rows = ROW_GROUP;
     while rows > 1 && rows * row_bytes > GROUP_BYTES {
@@ -528,7 +530,7 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q6_K,
         ] {
-            // Rows of 512 go in fours; of 8960, in twos or alone (`group_rows`).
+            // Rows of 512 go in fours; of 8960, alone (`group_rows`).
             for (cols, n) in [512, 8960]
                 .into_iter()
                 .flat_map(|c| [(c, 1), (c, 5), (c, 7)])
@@ -560,10 +562,11 @@ mod tests {
         assert_eq!(group_rows(616), 4, "Q5_0 rows of 896");
         assert_eq!(group_rows(GROUP_BYTES / 4), 4);
         assert_eq!(group_rows(GROUP_BYTES / 4 + 1), 2);
-        assert_eq!(group_rows(5040), 2, "Q4_K rows of 8960");
-        assert_eq!(group_rows(7350), 1, "Q6_K rows of 8960");
+        assert_eq!(group_rows(2736), 2, "Q4_K rows of 4864");
+        assert_eq!(group_rows(3990), 1, "Q6_K rows of 4864");
+        assert_eq!(group_rows(5040), 1, "Q4_K rows of 8960");
         assert_eq!(group_rows(1 << 20), 1);
-        for rb in [1, 616, 5040, 7350] {
+        for rb in [1, 616, 2736, 3990, 5040] {
             assert!(ROW_GROUP.is_multiple_of(group_rows(rb)));
             assert_eq!(group_start(rb, 13), 13 - 13 % group_rows(rb));
         }
