@@ -170,6 +170,43 @@ fn exp_in_place(v: &mut [f32], max: f32) -> f32 {
     sum + acc.iter().sum::<f32>()
 }
 
+/// The most bytes of one layer's cache [`prefetch_cache`] asks for (a quarter of this
+/// machine's 1 MiB L2 for K and V together; longer contexts stream the rest as usual).
+const PREFETCH_BYTES: usize = 256 << 10;
+
+/// Asks for one layer's cached keys and values (`n_ctx` positions; `kt`: `kv_dim` rows of
+/// `kt_stride` positions, `v`: a row of `kv_dim` per position) to be brought into L2, before
+/// the heads read them.
+///
+/// Why: decoding streams hundreds of megabytes of weights between two visits of a layer's
+/// cache, so every line of it misses, and the heads' loads wait on those misses a few at a
+/// time. Asked for together, the lines come at the memory's speed. Measured on one thread,
+/// default model, in alternating pairs: +2 to +4% tokens/s at a context of 64 on average
+/// (128 generated tokens), within the noise at 32; into L2 rather than L1, which the K and V
+/// of a layer (66 KB at that context) would overflow. On targets other than x86-64 a no-op.
+pub fn prefetch_cache(kt: &[f32], kt_stride: usize, v: &[f32], kv_dim: usize, n_ctx: usize) {
+    let n = n_ctx.min(PREFETCH_BYTES / (8 * kv_dim.max(1)));
+    let rows = (0..kv_dim).filter_map(|c| kt.get(c * kt_stride..c * kt_stride + n));
+    for part in rows.chain(v.get(..n * kv_dim)) {
+        prefetch_l2(part);
+    }
+}
+
+/// Prefetches every cache line of `v` into L2.
+fn prefetch_l2(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16) {
+        // SAFETY: a prefetch has no effect the program can observe; the address is in `v`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// The baseline build of [`attend_body`].
 pub fn attend_portable(h: &Head, scores: &mut [f32], out: &mut [f32]) {
     attend_body(h, scores, out)

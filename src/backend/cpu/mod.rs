@@ -483,6 +483,7 @@ impl Backend for CpuBackend {
         );
         // K is stored transposed, [channel][position] (see `attend`); V by position.
         let max_ctx = kv.max_ctx;
+        attend::prefetch_cache(&kv.k[layer], max_ctx, &kv.v[layer], kv_dim, pos0);
         let kt = &mut kv.k[layer];
         for (t, krow) in self.bufs[k.0][..n_tokens * kv_dim]
             .chunks_exact(kv_dim)
