@@ -114,9 +114,47 @@ pub struct CpuBackend {
     packed: PackedActs,
     kv: Option<KvCache>,
     scratch: Vec<f32>,
-    /// RoPE's inverse frequencies for the last (head size, base): each decoded token calls
-    /// `rope` twice per layer, and a `powf` per frequency each time was 0.3% of a token.
-    rope_freqs: (usize, f32, Vec<f64>),
+    rope: RopeTable,
+}
+
+/// RoPE's rotations for the last positions and shape asked for. Each decoded token calls
+/// `rope` twice per layer at the same position: a `powf` per frequency each time was 0.3% of
+/// a one-thread token, and a `sin_cos` per frequency 0.2%.
+#[derive(Default)]
+struct RopeTable {
+    /// (head size, base, first position, positions) of the rotations.
+    key: (usize, f32, usize, usize),
+    /// The inverse frequencies for (head size, base) of `key`.
+    inv_freq: Vec<f64>,
+    /// `sin` and `cos` of position `first + t` at frequency `i`, at `t · head_size / 2 + i`.
+    sin: Vec<f32>,
+    cos: Vec<f32>,
+}
+
+impl RopeTable {
+    /// The `(sin, cos)` tables for positions `pos0..pos0 + n`.
+    fn rotations(&mut self, head_dim: usize, base: f32, pos0: usize, n: usize) -> (&[f32], &[f32]) {
+        let key = (head_dim, base, pos0, n);
+        if self.key != key {
+            if (self.key.0, self.key.1) != (head_dim, base) || self.inv_freq.is_empty() {
+                self.inv_freq = (0..head_dim / 2)
+                    .map(|i| (base as f64).powf(-2.0 * i as f64 / head_dim as f64))
+                    .collect();
+            }
+            self.sin.clear();
+            self.cos.clear();
+            for t in 0..n {
+                let pos = (pos0 + t) as f64;
+                for &inv_freq in &self.inv_freq {
+                    let (sin, cos) = ((pos * inv_freq) as f32).sin_cos();
+                    self.sin.push(sin);
+                    self.cos.push(cos);
+                }
+            }
+            self.key = key;
+        }
+        (&self.sin, &self.cos)
+    }
 }
 
 impl CpuBackend {
@@ -140,7 +178,7 @@ impl CpuBackend {
             bufs: Vec::new(),
             act_q8: Vec::new(),
             row_buf: Vec::new(),
-            rope_freqs: (0, 0.0, Vec::new()),
+            rope: RopeTable::default(),
             act_chunks: ActChunks::default(),
             packed: PackedActs::default(),
             kv: None,
@@ -435,22 +473,19 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let data = &mut self.bufs[buf.0];
         let half = head_dim / 2;
-        if (self.rope_freqs.0, self.rope_freqs.1) != (head_dim, freq_base) {
-            let freqs = (0..half)
-                .map(|i| (freq_base as f64).powf(-2.0 * i as f64 / head_dim as f64))
-                .collect();
-            self.rope_freqs = (head_dim, freq_base, freqs);
-        }
-        let freqs = &self.rope_freqs.2;
+        let (sin, cos) = self.rope.rotations(head_dim, freq_base, pos0, n_tokens);
+        // Frequencies innermost: contiguous in the tables and in each half of a head, so the
+        // loop vectorizes.
         for t in 0..n_tokens {
-            let pos = (pos0 + t) as f64;
-            for (i, &inv_freq) in freqs.iter().enumerate() {
-                let (sin, cos) = ((pos * inv_freq) as f32).sin_cos();
-                for h in 0..n_heads {
-                    let base = (t * n_heads + h) * head_dim;
-                    let (a, b) = (data[base + i], data[base + i + half]);
-                    data[base + i] = a * cos - b * sin;
-                    data[base + i + half] = a * sin + b * cos;
+            let (sin, cos) = (&sin[t * half..][..half], &cos[t * half..][..half]);
+            for head in
+                data[t * n_heads * head_dim..][..n_heads * head_dim].chunks_exact_mut(head_dim)
+            {
+                let (a, b) = head.split_at_mut(half);
+                for (((a, b), &sin), &cos) in a.iter_mut().zip(b.iter_mut()).zip(sin).zip(cos) {
+                    let (x, y) = (*a, *b);
+                    *a = x * cos - y * sin;
+                    *b = x * sin + y * cos;
                 }
             }
         }
