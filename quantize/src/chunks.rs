@@ -477,6 +477,15 @@ impl ActChunks {
             .extend(chunks.iter().flatten().map(|b| b.d * b.sum as f32));
     }
 
+    /// Sizes the buffers for `n` chunks, for a quantizer that writes [`fill`](Self::fill)'s
+    /// result in place (what they held before is left for it to overwrite).
+    pub fn resize(&mut self, n: usize) {
+        self.q.resize(n, [[0; 64]; 2]);
+        self.neg_sums.resize(n, Lanes16::default());
+        self.d.resize(CHUNK_BLOCKS * n, 0.0);
+        self.dsum.resize(CHUNK_BLOCKS * n, 0.0);
+    }
+
     /// Quantizes `x` (whole `Q8_K` blocks of 256; a last partial block is dropped) as
     /// `Q8_K`, ggml's reference quantizer, reusing the buffer.
     pub fn fill_q8k(&mut self, x: &[f32]) {

@@ -102,40 +102,7 @@ pub fn quantize_portable(x: &[f32], out: &mut [BlockQ8x32]) {
 pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
     use std::arch::x86_64::*;
     for (src, o) in x.as_chunks::<32>().0.iter().zip(out) {
-        // SAFETY: `src` is 32 readable floats; the loads are unaligned.
-        let v = unsafe {
-            [
-                _mm512_loadu_ps(src.as_ptr()),
-                _mm512_loadu_ps(src.as_ptr().add(16)),
-            ]
-        };
-        // max(|v|, m) keeps m where v is NaN.
-        let m = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps());
-        let m = _mm512_max_ps(_mm512_abs_ps(v[1]), m);
-        let d = _mm512_reduce_max_ps(m) / 127.0;
-        let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let q = v.map(|v| {
-            let v = _mm512_mul_ps(v, id);
-            let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-            let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
-            let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
-            // ±1 with v's sign, in integer logic: `_mm512_or_ps` and `_mm512_and_ps` are
-            // AVX-512 DQ, which this path does not require, so they were calls, not inlined.
-            let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
-            let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
-            let step = _mm512_castsi512_ps(_mm512_or_si512(sign, one));
-            let r = _mm512_mask_add_ps(t, away, t, step);
-            // Saturate like `as i8` (±inf when a block's amax is so tiny that 1/d overflows),
-            // and NaN → 0.
-            let r = _mm512_min_ps(
-                _mm512_max_ps(r, _mm512_set1_ps(-128.0)),
-                _mm512_set1_ps(127.0),
-            );
-            let is_num = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
-            _mm512_maskz_cvttps_epi32(is_num, r)
-        });
-        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
-        let bytes = q.map(|q| _mm512_cvtsepi32_epi8(q));
+        let (d, sum, bytes) = quantize_block_avx512(src);
         let mut qs = [0i8; 32];
         // SAFETY: `qs` is 32 writable bytes; the stores are unaligned.
         unsafe {
@@ -143,6 +110,96 @@ pub unsafe fn quantize_avx512(x: &[f32], out: &mut [BlockQ8x32]) {
             _mm_storeu_si128(qs.as_mut_ptr().add(16).cast(), bytes[1]);
         }
         *o = BlockQ8x32 { d, sum, qs };
+    }
+}
+
+/// One block of [`quantize_avx512`]: its scale, the sum of its quants, and the quants of
+/// elements 0..16 and 16..32 as bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+fn quantize_block_avx512(src: &[f32; 32]) -> (f32, i32, [std::arch::x86_64::__m128i; 2]) {
+    use std::arch::x86_64::*;
+    // SAFETY: `src` is 32 readable floats; the loads are unaligned.
+    let v = unsafe {
+        [
+            _mm512_loadu_ps(src.as_ptr()),
+            _mm512_loadu_ps(src.as_ptr().add(16)),
+        ]
+    };
+    // max(|v|, m) keeps m where v is NaN.
+    let m = _mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_setzero_ps());
+    let m = _mm512_max_ps(_mm512_abs_ps(v[1]), m);
+    let d = _mm512_reduce_max_ps(m) / 127.0;
+    let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let q = v.map(|v| {
+        let v = _mm512_mul_ps(v, id);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let frac = _mm512_abs_ps(_mm512_sub_ps(v, t));
+        let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        // ±1 with v's sign, in integer logic: `_mm512_or_ps` and `_mm512_and_ps` are
+        // AVX-512 DQ, which this path does not require, so they were calls, not inlined.
+        let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+        let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
+        let step = _mm512_castsi512_ps(_mm512_or_si512(sign, one));
+        let r = _mm512_mask_add_ps(t, away, t, step);
+        // Saturate like `as i8` (±inf when a block's amax is so tiny that 1/d overflows),
+        // and NaN → 0.
+        let r = _mm512_min_ps(
+            _mm512_max_ps(r, _mm512_set1_ps(-128.0)),
+            _mm512_set1_ps(127.0),
+        );
+        let is_num = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+        _mm512_maskz_cvttps_epi32(is_num, r)
+    });
+    let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    (d, sum, q.map(|q| _mm512_cvtsepi32_epi8(q)))
+}
+
+/// One token straight into chunk order: `acts` as `ActChunks::fill` makes it of
+/// [`quantize_avx512`]'s blocks of `x` (whole chunks of 128 values; a last partial one is
+/// dropped), without those blocks in between. The quants of each half go from registers into
+/// the chunk, and the lanes' sums come from two byte dot products with ones.
+///
+/// Why: quantizing to blocks and then re-laying them was most of a one-token matmul's
+/// preparation (about 1% of a one-thread token of the default model).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+pub unsafe fn quantize_chunks_avx512(x: &[f32], acts: &mut marco_quantize::chunks::ActChunks) {
+    use marco_quantize::chunks::{CHUNK_BLOCKS, CHUNK_LEN};
+    use std::arch::x86_64::*;
+    let chunks = x.as_chunks::<CHUNK_LEN>().0;
+    acts.resize(chunks.len());
+    let ones = _mm512_set1_epi8(1);
+    for (j, src) in chunks.iter().enumerate() {
+        let mut halves = [_mm512_setzero_si512(); 2];
+        for (b, block) in src.as_chunks::<32>().0.iter().enumerate() {
+            let (d, sum, bytes) = quantize_block_avx512(block);
+            // Block b's 16 bytes of each half into 128-bit lane b.
+            for (half, bytes) in halves.iter_mut().zip(bytes) {
+                *half = match b {
+                    0 => _mm512_inserti32x4::<0>(*half, bytes),
+                    1 => _mm512_inserti32x4::<1>(*half, bytes),
+                    2 => _mm512_inserti32x4::<2>(*half, bytes),
+                    _ => _mm512_inserti32x4::<3>(*half, bytes),
+                };
+            }
+            acts.d[CHUNK_BLOCKS * j + b] = d;
+            acts.dsum[CHUNK_BLOCKS * j + b] = d * sum as f32;
+        }
+        // Lane l: the sum of bytes 4l..4l+4 of both halves.
+        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, halves[0]);
+        let sums = _mm512_dpbusd_epi32(sums, ones, halves[1]);
+        let neg = _mm512_sub_epi32(_mm512_setzero_si512(), sums);
+        // SAFETY: each store writes the 64 bytes of one field of chunk j; unaligned stores.
+        unsafe {
+            _mm512_storeu_si512(acts.q[j][0].as_mut_ptr().cast(), halves[0]);
+            _mm512_storeu_si512(acts.q[j][1].as_mut_ptr().cast(), halves[1]);
+            _mm512_storeu_si512(acts.neg_sums[j].0.as_mut_ptr().cast(), neg);
+        }
     }
 }
 
@@ -258,12 +315,9 @@ mod tests {
 
     /// The AVX-512 quantizer gives the scalar reference's blocks bit for bit, ties, NaNs,
     /// zeros and huge values included.
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn quantize_avx512_equals_the_reference() {
-        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
-            return; // nothing to compare on this CPU (the kernel tests cover the paths it has)
-        }
+    /// 64 blocks of activations with the quantizers' edge cases: exact halves, NaN, an
+    /// all-zero block, huge and infinite values, and a block so small that `1/d` overflows.
+    fn tricky_activations() -> Vec<f32> {
         let mut x: Vec<f32> = (0..32 * 64)
             .map(|i| (i as f32 * 0.7310).sin() * (1 + i % 13) as f32)
             .collect();
@@ -285,6 +339,54 @@ mod tests {
                 1e-38 * (j as f32 - 16.0)
             };
         }
+        x
+    }
+
+    /// The fused chunk quantizer gives what `ActChunks::fill` makes of the reference's
+    /// blocks, bit for bit, also over buffers left longer by an earlier token; a last partial
+    /// chunk is dropped by both.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn quantize_chunks_avx512_equals_fill_of_the_reference() {
+        if !std::arch::is_x86_feature_detected!("avx512vnni")
+            || !std::arch::is_x86_feature_detected!("avx512bw")
+            || !std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return; // nothing to compare on this CPU (the kernel tests cover the paths it has)
+        }
+        let mut x = tricky_activations();
+        x.extend((0..32).map(|i| i as f32)); // a partial chunk
+        let mut blocks = vec![BlockQ8x32::default(); x.len() / 32];
+        quantize_activations(&x, &mut blocks);
+        let mut want = marco_quantize::chunks::ActChunks::default();
+        want.fill(&blocks);
+        let mut got = marco_quantize::chunks::ActChunks::default();
+        let longer: Vec<f32> = (0..4 * x.len()).map(|i| (i % 251) as f32 - 125.0).collect();
+        for input in [&longer, &x] {
+            // SAFETY: checked above that the CPU has AVX-512 F/BW/VL/VNNI (and AVX2, FMA).
+            unsafe { quantize_chunks_avx512(input, &mut got) };
+        }
+        assert_eq!(got.q, want.q);
+        let lanes = |a: &marco_quantize::chunks::ActChunks| -> Vec<[i32; 16]> {
+            a.neg_sums.iter().map(|l| l.0).collect()
+        };
+        assert_eq!(lanes(&got), lanes(&want));
+        let bits = |v: &[f32]| -> Vec<u32> {
+            v.iter()
+                .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                .collect()
+        };
+        assert_eq!(bits(&got.d), bits(&want.d));
+        assert_eq!(bits(&got.dsum), bits(&want.dsum));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn quantize_avx512_equals_the_reference() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
+            return; // nothing to compare on this CPU (the kernel tests cover the paths it has)
+        }
+        let x = tricky_activations();
         let n = x.len() / 32;
         let (mut want, mut got) = (
             vec![BlockQ8x32::default(); n],

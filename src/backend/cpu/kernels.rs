@@ -470,6 +470,21 @@ impl Kernels {
         marco_quantize::quants::quantize_row(GgmlType::Q8_K, x, out)
     }
 
+    /// One token's activations straight into chunk order for [`dot_chunks`](Self::dot_chunks):
+    /// what `ActChunks::fill` makes of [`quantize_activations`](Self::quantize_activations)'s
+    /// blocks of `x`, bit for bit. `false`, with nothing written, on paths without chunk
+    /// kernels.
+    pub fn quantize_chunks(&self, x: &[f32], acts: &mut ActChunks) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512Vnni {
+            // SAFETY: the Kernels invariant says this CPU has AVX-512 VNNI (F/BW/VL too).
+            unsafe { super::elementwise::quantize_chunks_avx512(x, acts) };
+            return true;
+        }
+        let _ = (x, acts);
+        false
+    }
+
     /// `marco_quantize::act::quantize_activations`, compiled for this path (same results).
     pub fn quantize_activations(&self, x: &[f32], out: &mut [BlockQ8x32]) {
         use super::elementwise as e;

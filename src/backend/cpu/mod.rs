@@ -384,11 +384,24 @@ impl Backend for CpuBackend {
                 }
         };
         let q8k_ready = jobs.iter().any(|j| takes_q8k(self.weight(j.weight)));
-        let needs_q8 = jobs.iter().any(|j| {
+        let needs_q8 = |w: &CpuWeight| activation_kind(w.ty) == ActKind::Q8 && !takes_q8k(w);
+        let chunks_ready = n_tokens == 1
+            && jobs.iter().any(|j| {
+                let w = self.weight(j.weight);
+                w.is_chunked() && !takes_q8k(w)
+            });
+        // One token whose 32-value blocks only chunk kernels take: quantized straight into
+        // chunk order, without the blocks.
+        let only_chunks = jobs.iter().all(|j| {
             let w = self.weight(j.weight);
-            activation_kind(w.ty) == ActKind::Q8 && !takes_q8k(w)
+            !needs_q8(w) || w.is_chunked()
         });
-        if needs_q8 {
+        let chunks_direct = chunks_ready
+            && only_chunks
+            && self
+                .kernels
+                .quantize_chunks(&xs[..cols], &mut self.act_chunks);
+        if !chunks_direct && jobs.iter().any(|j| needs_q8(self.weight(j.weight))) {
             let nb = cols / QK32;
             if self.act_q8.len() < n_tokens * nb {
                 self.act_q8.resize(n_tokens * nb, BlockQ8x32::default());
@@ -408,12 +421,7 @@ impl Backend for CpuBackend {
                 self.packed.pack(&self.act_q8, nb, n_tokens);
             }
         }
-        let chunks_ready = n_tokens == 1
-            && jobs.iter().any(|j| {
-                let w = self.weight(j.weight);
-                w.is_chunked() && !takes_q8k(w)
-            });
-        if chunks_ready {
+        if chunks_ready && !chunks_direct {
             self.act_chunks.fill(&self.act_q8[..cols / QK32]);
         }
         if q8k_ready {
