@@ -453,8 +453,7 @@ impl ActChunks {
         let chunks = x.as_chunks::<CHUNK_BLOCKS>().0;
         // In place, 16 bytes at a time: built as arrays and pushed, the chunks cost a copy
         // each (1.6% of a one-thread token of the default model).
-        self.q.resize(chunks.len(), [[0; 64]; 2]);
-        self.neg_sums.resize(chunks.len(), Lanes16::default());
+        self.resize(chunks.len());
         for ((c, q), lanes) in chunks.iter().zip(&mut self.q).zip(&mut self.neg_sums) {
             for (b, block) in c.iter().enumerate() {
                 let (lo, hi) = block.qs.split_at(16);
@@ -470,11 +469,11 @@ impl ActChunks {
                 *lane = -l.iter().chain(h).map(|&v| v as i32).sum::<i32>();
             }
         }
-        self.d.clear();
-        self.d.extend(chunks.iter().flatten().map(|b| b.d));
-        self.dsum.clear();
-        self.dsum
-            .extend(chunks.iter().flatten().map(|b| b.d * b.sum as f32));
+        let blocks = chunks.iter().flatten();
+        for ((d, dsum), b) in self.d.iter_mut().zip(&mut self.dsum).zip(blocks) {
+            *d = b.d;
+            *dsum = b.d * b.sum as f32;
+        }
     }
 
     /// Sizes the buffers for `n` chunks, for a quantizer that writes [`fill`](Self::fill)'s

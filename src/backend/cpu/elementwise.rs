@@ -313,8 +313,6 @@ pub unsafe fn quantize_avx2(x: &[f32], out: &mut [BlockQ8x32]) {
 mod tests {
     use super::*;
 
-    /// The AVX-512 quantizer gives the scalar reference's blocks bit for bit, ties, NaNs,
-    /// zeros and huge values included.
     /// 64 blocks of activations with the quantizers' edge cases: exact halves, NaN, an
     /// all-zero block, huge and infinite values, and a block so small that `1/d` overflows.
     fn tricky_activations() -> Vec<f32> {
@@ -380,6 +378,8 @@ mod tests {
         assert_eq!(bits(&got.dsum), bits(&want.dsum));
     }
 
+    /// The AVX-512 quantizer gives the scalar reference's blocks bit for bit, ties, NaNs,
+    /// zeros and huge values included.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn quantize_avx512_equals_the_reference() {

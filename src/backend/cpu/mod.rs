@@ -136,7 +136,7 @@ impl RopeTable {
     fn rotations(&mut self, head_dim: usize, base: f32, pos0: usize, n: usize) -> (&[f32], &[f32]) {
         let key = (head_dim, base, pos0, n);
         if self.key != key {
-            if (self.key.0, self.key.1) != (head_dim, base) || self.inv_freq.is_empty() {
+            if (self.key.0, self.key.1) != (head_dim, base) {
                 self.inv_freq = (0..head_dim / 2)
                     .map(|i| (base as f64).powf(-2.0 * i as f64 / head_dim as f64))
                     .collect();
