@@ -46,9 +46,11 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Also measure this machine's memory read bandwidth at each thread count and print what
-    /// share of it decoding uses (a token reads every matmul weight once). Two read passes run
-    /// just before each decoding repetition (the better one counts), so each share compares
-    /// the two under the same conditions; the best of five passes after all tests is shown too.
+    /// share of it decoding uses (a token reads every matmul weight once). After each decoded
+    /// token a plain read loop reads as many bytes as the token did, from memory of the same
+    /// kind, on as many threads: the two alternate every few milliseconds, so they meet the
+    /// same machine (this VM's bandwidth drifts by a quarter from minute to minute). The best
+    /// of five 1 GiB passes after all tests is shown too.
     #[arg(long)]
     bandwidth: bool,
 }
@@ -60,8 +62,9 @@ struct Sample {
     backend: String,
     ts: Vec<f64>,
     ns: Vec<f64>,
-    /// With `--bandwidth`, decode tests: the read loop's bytes/s just before each repetition.
-    read: Vec<f64>,
+    /// With `--bandwidth`, decode tests, per repetition: seconds the read loop took to read
+    /// what the tokens read, alternating with them (`ns` is the tokens' time alone then).
+    read_secs: Vec<f64>,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -85,7 +88,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         .unwrap_or(1)
         + 1;
     let read_loop = if a.bandwidth {
-        Some(ReadLoop::new()?)
+        Some(ReadLoop::new(weight_bytes_per_token(&path)?)?)
     } else {
         None
     };
@@ -134,7 +137,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             ReadLoop::BYTES >> 20
         );
         // After JSON the table goes to stderr, so stdout stays one JSON document.
-        let table = bandwidth_table(&samples, &path, &threads, read_loop)?;
+        let table = bandwidth_table(&samples, &threads, read_loop);
         if a.json {
             eprint!("{table}");
         } else {
@@ -163,98 +166,132 @@ fn weight_bytes_per_token(path: &std::path::Path) -> Result<u64> {
 /// backend's weights (2 MiB pages): the bound a decoded token's weight stream is held to.
 struct ReadLoop {
     mem: marco::backend::cpu::memory::WeightBuf,
+    /// Bytes a decoded token reads; each read between tokens reads as many (at most `BYTES`).
+    per_token: usize,
+    /// Where the next read between tokens starts: the reads walk the buffer round, so none
+    /// finds the one before it still in the caches.
+    next: std::cell::Cell<usize>,
 }
 
 impl ReadLoop {
     const BYTES: usize = 1 << 30;
 
-    fn new() -> Result<ReadLoop> {
+    fn new(per_token: u64) -> Result<ReadLoop> {
         let mut mem = marco::backend::cpu::memory::WeightBuf::zeroed(Self::BYTES)?;
         mem.as_mut_slice().fill(1);
-        Ok(ReadLoop { mem })
+        let per_token = usize::try_from(per_token)
+            .unwrap_or(usize::MAX)
+            .clamp(64, Self::BYTES)
+            / 64
+            * 64;
+        Ok(ReadLoop {
+            mem,
+            per_token,
+            next: std::cell::Cell::new(0),
+        })
     }
 
-    /// One pass of `n_threads` threads, each summing its share: bytes/s.
+    /// One pass over the whole buffer on `n_threads` threads: bytes/s.
     fn pass(&self, n_threads: usize) -> f64 {
-        let words = self.mem.as_slice().as_chunks::<8>().0;
-        let share = words.len().div_ceil(n_threads.max(1));
         let t0 = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let parts: Vec<_> = words
-                .chunks(share)
-                .map(|part| {
-                    // Eight independent sums, so the loop is bound by loads alone.
-                    s.spawn(move || {
-                        let mut acc = [0u64; 8];
-                        for c in part.as_chunks::<8>().0 {
-                            for (a, v) in acc.iter_mut().zip(c) {
-                                *a = a.wrapping_add(u64::from_ne_bytes(*v));
-                            }
-                        }
-                        acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
-                    })
-                })
-                .collect();
-            parts.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-        });
-        std::hint::black_box(total);
-        (words.len() * 8) as f64 / t0.elapsed().as_secs_f64()
+        read_words(self.mem.as_slice(), n_threads);
+        Self::BYTES as f64 / t0.elapsed().as_secs_f64()
     }
 
     /// The best of five passes.
     fn best(&self, n_threads: usize) -> f64 {
         (0..5).map(|_| self.pass(n_threads)).fold(0.0, f64::max)
     }
+
+    /// Reads what a token reads, from where the last read stopped: bytes/s.
+    fn read_a_token(&self, n_threads: usize) -> f64 {
+        let mut start = self.next.get();
+        if start + self.per_token > Self::BYTES {
+            start = 0;
+        }
+        self.next.set(start + self.per_token);
+        let t0 = Instant::now();
+        read_words(
+            &self.mem.as_slice()[start..start + self.per_token],
+            n_threads,
+        );
+        self.per_token as f64 / t0.elapsed().as_secs_f64()
+    }
 }
 
-/// The share of the read bandwidth decoding uses, per thread count and decode test: rep by
-/// rep against the pass just before it (this VM's bandwidth moves with its neighbours, so a
-/// pass minutes away can be a different machine), and against the best of five passes.
-fn bandwidth_table(
-    samples: &[Sample],
-    path: &std::path::Path,
-    threads: &[usize],
-    read_loop: &ReadLoop,
-) -> Result<String> {
+/// Sums `bytes` as 64-bit words, split over `n_threads` threads (the calling thread takes the
+/// first share, so one thread costs no spawn).
+fn read_words(bytes: &[u8], n_threads: usize) {
+    let words = bytes.as_chunks::<8>().0;
+    let share = words.len().div_ceil(n_threads.max(1)).max(1);
+    let total: u64 = std::thread::scope(|s| {
+        let mut parts = words.chunks(share);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts.map(|part| s.spawn(move || sum_words(part))).collect();
+        sum_words(first)
+            + others
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .sum::<u64>()
+    });
+    std::hint::black_box(total);
+}
+
+fn sum_words(part: &[[u8; 8]]) -> u64 {
+    // Eight independent sums, so the loop is bound by loads alone.
+    let mut acc = [0u64; 8];
+    for c in part.as_chunks::<8>().0 {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(u64::from_ne_bytes(*v));
+        }
+    }
+    acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+}
+
+/// The share of the read bandwidth decoding uses, per thread count and decode test: the read
+/// loop's time for the bytes the tokens read over the tokens' time, with the two alternating
+/// token by token, median over repetitions; and decoding against the best of five passes.
+fn bandwidth_table(samples: &[Sample], threads: &[usize], read_loop: &ReadLoop) -> String {
     use std::fmt::Write;
-    let per_token = weight_bytes_per_token(path)? as f64;
+    let per_token = read_loop.per_token as f64;
     let mut out = String::new();
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "Decoding reads {:.1} MB of weights per token. Read loop: a pass just before each \
-         repetition (the better of two; the median over repetitions, as is the share), and \
-         the best of five after all tests.",
+        "Decoding reads {:.1} MB of weights per token. Read loop: after each token, a read of \
+         as many bytes (rates and shares: the median over repetitions); and the best of five \
+         1 GiB passes after all tests.",
         per_token / 1e6
     );
     let _ = writeln!(
         out,
-        "| threads | test | weights read | read loop beside it | share | best read pass | share of best |"
+        "| threads | test | weights read | read loop between tokens | share | best read pass | share of best |"
     );
     let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &t in threads {
         let best = read_loop.best(t);
         for s in samples
             .iter()
-            .filter(|s| s.n_threads == t && s.n_prompt == 0 && !s.read.is_empty())
+            .filter(|s| s.n_threads == t && s.n_prompt == 0 && !s.read_secs.is_empty())
         {
-            let rates: Vec<f64> = s.ts.iter().map(|ts| ts * per_token).collect();
-            let rate = mean_sd(&rates).0;
-            let beside = median(&s.read);
-            let shares: Vec<f64> = rates.iter().zip(&s.read).map(|(r, b)| r / b).collect();
+            let bytes = per_token * s.n_gen as f64;
+            let rates: Vec<f64> = s.ns.iter().map(|ns| bytes / (ns * 1e-9)).collect();
+            let reads: Vec<f64> = s.read_secs.iter().map(|secs| bytes / secs).collect();
+            let shares: Vec<f64> = rates.iter().zip(&reads).map(|(r, b)| r / b).collect();
+            let rate = median(&rates);
             let _ = writeln!(
                 out,
                 "| {t} | {} | {:.1} GB/s | {:.1} GB/s | {:.0}% | {:.1} GB/s | {:.0}% |",
                 test_name(s),
                 rate / 1e9,
-                beside / 1e9,
+                median(&reads) / 1e9,
                 100.0 * median(&shares),
                 best / 1e9,
                 100.0 * rate / best
             );
         }
     }
-    Ok(out)
+    out
 }
 
 fn run_test(
@@ -272,33 +309,44 @@ fn run_test(
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab.min(150_000))
         .collect();
     let mut logits = Vec::new();
-    let mut once = |engine: &mut Engine| -> Result<f64> {
+    // One repetition: the seconds it took, and with a read loop the seconds the read loop
+    // took between the tokens (which the first leaves out).
+    let mut once = |engine: &mut Engine, read_loop: Option<&ReadLoop>| -> Result<(f64, f64)> {
         engine.model.reset();
         let t0 = Instant::now();
         if n_prompt > 0 {
             engine.model.forward(&prompt, Logits::Last, &mut logits)?;
         }
-        // Decoding as greedy generation runs it: the logits stay with the backend, which
-        // picks the token (llama-bench, too, leaves them where they are computed).
+        let Some(read_loop) = read_loop else {
+            // Decoding as greedy generation runs it: the logits stay with the backend, which
+            // picks the token (llama-bench, too, leaves them where they are computed).
+            let mut token = 198u32 % n_vocab;
+            for _ in 0..n_gen {
+                token = engine.model.forward_argmax(&[token])?;
+            }
+            return Ok((t0.elapsed().as_secs_f64(), 0.0));
+        };
         let mut token = 198u32 % n_vocab;
+        let (mut decode_secs, mut read_secs) = (t0.elapsed().as_secs_f64(), 0.0);
         for _ in 0..n_gen {
+            let t = Instant::now();
             token = engine.model.forward_argmax(&[token])?;
+            decode_secs += t.elapsed().as_secs_f64();
+            read_secs += read_loop.per_token as f64 / read_loop.read_a_token(n_threads);
         }
-        Ok(t0.elapsed().as_secs_f64())
+        Ok((decode_secs, read_secs))
     };
-    once(engine)?; // warm-up, as llama-bench does
+    once(engine, read_loop)?; // warm-up, as llama-bench does
     let mut ts = Vec::new();
     let mut ns = Vec::new();
-    let mut read = Vec::new();
+    let mut read_secs = Vec::new();
     for _ in 0..reps {
-        if let Some(r) = read_loop {
-            // The better of two passes: a single one is now and then hit by a hiccup of
-            // this VM (a pass at a quarter of the others').
-            read.push(r.pass(n_threads).max(r.pass(n_threads)));
-        }
-        let secs = once(engine)?;
+        let (secs, reads) = once(engine, read_loop)?;
         ts.push((n_prompt + n_gen) as f64 / secs);
         ns.push(secs * 1e9);
+        if read_loop.is_some() {
+            read_secs.push(reads);
+        }
     }
     Ok(Sample {
         n_threads,
@@ -307,7 +355,7 @@ fn run_test(
         backend: backend.to_string(),
         ts,
         ns,
-        read,
+        read_secs,
     })
 }
 
