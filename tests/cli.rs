@@ -318,7 +318,7 @@ fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
 }
 
 /// `marco bench --bandwidth`: a row per thread count and decode test, with the weights read,
-/// the read loop beside the repetitions and its best pass, and the two shares (percentages that
+/// the read loop between the tokens and its best pass, and the two shares (percentages that
 /// agree with the rates printed beside them).
 #[test]
 fn bench_bandwidth_prints_the_share_of_the_read_loop() {

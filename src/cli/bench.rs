@@ -166,8 +166,11 @@ fn weight_bytes_per_token(path: &std::path::Path) -> Result<u64> {
 /// backend's weights (2 MiB pages): the bound a decoded token's weight stream is held to.
 struct ReadLoop {
     mem: marco::backend::cpu::memory::WeightBuf,
-    /// Bytes a decoded token reads; each read between tokens reads as many (at most `BYTES`).
-    per_token: usize,
+    /// Bytes of weights a decoded token reads.
+    per_token: u64,
+    /// Bytes each read between tokens reads: as many, up to the buffer's size (beyond it the
+    /// rate of a 1 GiB read stands for the rest).
+    span: usize,
     /// Where the next read between tokens starts: the reads walk the buffer round, so none
     /// finds the one before it still in the caches.
     next: std::cell::Cell<usize>,
@@ -179,7 +182,7 @@ impl ReadLoop {
     fn new(per_token: u64) -> Result<ReadLoop> {
         let mut mem = marco::backend::cpu::memory::WeightBuf::zeroed(Self::BYTES)?;
         mem.as_mut_slice().fill(1);
-        let per_token = usize::try_from(per_token)
+        let span = usize::try_from(per_token)
             .unwrap_or(usize::MAX)
             .clamp(64, Self::BYTES)
             / 64
@@ -187,6 +190,7 @@ impl ReadLoop {
         Ok(ReadLoop {
             mem,
             per_token,
+            span,
             next: std::cell::Cell::new(0),
         })
     }
@@ -203,19 +207,17 @@ impl ReadLoop {
         (0..5).map(|_| self.pass(n_threads)).fold(0.0, f64::max)
     }
 
-    /// Reads what a token reads, from where the last read stopped: bytes/s.
+    /// Reads what a token reads, from where the last read stopped: the seconds a token's
+    /// bytes take at the rate it read them.
     fn read_a_token(&self, n_threads: usize) -> f64 {
         let mut start = self.next.get();
-        if start + self.per_token > Self::BYTES {
+        if start + self.span > Self::BYTES {
             start = 0;
         }
-        self.next.set(start + self.per_token);
+        self.next.set(start + self.span);
         let t0 = Instant::now();
-        read_words(
-            &self.mem.as_slice()[start..start + self.per_token],
-            n_threads,
-        );
-        self.per_token as f64 / t0.elapsed().as_secs_f64()
+        read_words(&self.mem.as_slice()[start..start + self.span], n_threads);
+        t0.elapsed().as_secs_f64() * self.per_token as f64 / self.span as f64
     }
 }
 
@@ -332,7 +334,7 @@ fn run_test(
             let t = Instant::now();
             token = engine.model.forward_argmax(&[token])?;
             decode_secs += t.elapsed().as_secs_f64();
-            read_secs += read_loop.per_token as f64 / read_loop.read_a_token(n_threads);
+            read_secs += read_loop.read_a_token(n_threads);
         }
         Ok((decode_secs, read_secs))
     };
