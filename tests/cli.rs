@@ -318,8 +318,9 @@ fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
 }
 
 /// `marco bench --bandwidth`: a row per thread count and decode test, with the weights read,
-/// the read loop between the tokens and its best pass, and the two shares (percentages that
-/// agree with the rates printed beside them).
+/// the read loop between the tokens and its best pass, and the two shares (percentages; the
+/// share of the best pass agrees with the rates printed beside it, the other is the median of
+/// the repetitions' own shares).
 #[test]
 fn bench_bandwidth_prints_the_share_of_the_read_loop() {
     let o = marco(&[

@@ -47,10 +47,13 @@ pub struct BenchArgs {
     json: bool,
     /// Also measure this machine's memory read bandwidth at each thread count and print what
     /// share of it decoding uses (a token reads every matmul weight once). After each decoded
-    /// token a plain read loop reads as many bytes as the token did, from memory of the same
-    /// kind, on as many threads: the two alternate every few milliseconds, so they meet the
-    /// same machine (this VM's bandwidth drifts by a quarter from minute to minute). The best
-    /// of five 1 GiB passes after all tests is shown too.
+    /// token a plain read loop reads as many bytes as the token did (up to 1 GiB, its time
+    /// scaled to the token's bytes beyond that), from memory of the same kind, on as many
+    /// threads: the two alternate every few milliseconds, so they meet the same machine (this
+    /// VM's bandwidth drifts by a quarter from minute to minute). The best of five 1 GiB
+    /// passes after all tests is shown too. Decode tests' tokens/s then count the tokens' time
+    /// alone, each token starting with cold caches and idle worker threads: compare them with
+    /// runs without this flag only loosely.
     #[arg(long)]
     bandwidth: bool,
 }
@@ -180,6 +183,10 @@ impl ReadLoop {
     const BYTES: usize = 1 << 30;
 
     fn new(per_token: u64) -> Result<ReadLoop> {
+        ensure!(
+            per_token > 0,
+            "--bandwidth: this model's tokens read no matrix weights to compare with"
+        );
         let mut mem = marco::backend::cpu::memory::WeightBuf::zeroed(Self::BYTES)?;
         mem.as_mut_slice().fill(1);
         let span = usize::try_from(per_token)
@@ -222,19 +229,24 @@ impl ReadLoop {
 }
 
 /// Sums `bytes` as 64-bit words, split over `n_threads` threads (the calling thread takes the
-/// first share, so one thread costs no spawn).
+/// first share, so one thread costs no spawn). Shares are whole 64-byte lines, as
+/// [`sum_words`] reads them.
 fn read_words(bytes: &[u8], n_threads: usize) {
     let words = bytes.as_chunks::<8>().0;
-    let share = words.len().div_ceil(n_threads.max(1)).max(1);
+    let share = words
+        .len()
+        .div_ceil(n_threads.max(1))
+        .next_multiple_of(8)
+        .max(8);
     let total: u64 = std::thread::scope(|s| {
         let mut parts = words.chunks(share);
         let first = parts.next().unwrap_or_default();
         let others: Vec<_> = parts.map(|part| s.spawn(move || sum_words(part))).collect();
-        sum_words(first)
-            + others
-                .into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .sum::<u64>()
+        // Wrapping: the sums are only there to be read, and they overflow.
+        others
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .fold(sum_words(first), u64::wrapping_add)
     });
     std::hint::black_box(total);
 }
@@ -252,7 +264,8 @@ fn sum_words(part: &[[u8; 8]]) -> u64 {
 
 /// The share of the read bandwidth decoding uses, per thread count and decode test: the read
 /// loop's time for the bytes the tokens read over the tokens' time, with the two alternating
-/// token by token, median over repetitions; and decoding against the best of five passes.
+/// token by token, median over repetitions; and decoding's mean rate (the tokens/s of the
+/// table above times the bytes of a token) against the best of five passes.
 fn bandwidth_table(samples: &[Sample], threads: &[usize], read_loop: &ReadLoop) -> String {
     use std::fmt::Write;
     let per_token = read_loop.per_token as f64;
@@ -261,8 +274,8 @@ fn bandwidth_table(samples: &[Sample], threads: &[usize], read_loop: &ReadLoop) 
     let _ = writeln!(
         out,
         "Decoding reads {:.1} MB of weights per token. Read loop: after each token, a read of \
-         as many bytes (rates and shares: the median over repetitions); and the best of five \
-         1 GiB passes after all tests.",
+         as many bytes (rates: the mean over repetitions; share: the median of theirs); and \
+         the best of five 1 GiB passes after all tests.",
         per_token / 1e6
     );
     let _ = writeln!(
@@ -278,15 +291,15 @@ fn bandwidth_table(samples: &[Sample], threads: &[usize], read_loop: &ReadLoop) 
         {
             let bytes = per_token * s.n_gen as f64;
             let rates: Vec<f64> = s.ns.iter().map(|ns| bytes / (ns * 1e-9)).collect();
-            let reads: Vec<f64> = s.read_secs.iter().map(|secs| bytes / secs).collect();
-            let shares: Vec<f64> = rates.iter().zip(&reads).map(|(r, b)| r / b).collect();
-            let rate = median(&rates);
+            let read_rates: Vec<f64> = s.read_secs.iter().map(|secs| bytes / secs).collect();
+            let shares: Vec<f64> = rates.iter().zip(&read_rates).map(|(r, b)| r / b).collect();
+            let rate = mean_sd(&rates).0;
             let _ = writeln!(
                 out,
                 "| {t} | {} | {:.1} GB/s | {:.1} GB/s | {:.0}% | {:.1} GB/s | {:.0}% |",
                 test_name(s),
                 rate / 1e9,
-                median(&reads) / 1e9,
+                mean_sd(&read_rates).0 / 1e9,
                 100.0 * median(&shares),
                 best / 1e9,
                 100.0 * rate / best
@@ -311,32 +324,29 @@ fn run_test(
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % n_vocab.min(150_000))
         .collect();
     let mut logits = Vec::new();
-    // One repetition: the seconds it took, and with a read loop the seconds the read loop
-    // took between the tokens (which the first leaves out).
+    // One repetition: the seconds its tokens took, and with a read loop the seconds the loop
+    // took between them (not in the first figure).
     let mut once = |engine: &mut Engine, read_loop: Option<&ReadLoop>| -> Result<(f64, f64)> {
         engine.model.reset();
         let t0 = Instant::now();
         if n_prompt > 0 {
             engine.model.forward(&prompt, Logits::Last, &mut logits)?;
         }
-        let Some(read_loop) = read_loop else {
-            // Decoding as greedy generation runs it: the logits stay with the backend, which
-            // picks the token (llama-bench, too, leaves them where they are computed).
-            let mut token = 198u32 % n_vocab;
-            for _ in 0..n_gen {
-                token = engine.model.forward_argmax(&[token])?;
-            }
-            return Ok((t0.elapsed().as_secs_f64(), 0.0));
-        };
+        // The read loop's time as a token's bytes would take (for the share), and its wall
+        // time with the spawning and timing around it (out of the tokens' time).
+        let (mut read_secs, mut read_wall) = (0.0, 0.0);
+        // Decoding as greedy generation runs it: the logits stay with the backend, which
+        // picks the token (llama-bench, too, leaves them where they are computed).
         let mut token = 198u32 % n_vocab;
-        let (mut decode_secs, mut read_secs) = (t0.elapsed().as_secs_f64(), 0.0);
         for _ in 0..n_gen {
-            let t = Instant::now();
             token = engine.model.forward_argmax(&[token])?;
-            decode_secs += t.elapsed().as_secs_f64();
-            read_secs += read_loop.read_a_token(n_threads);
+            if let Some(r) = read_loop {
+                let t = Instant::now();
+                read_secs += r.read_a_token(n_threads);
+                read_wall += t.elapsed().as_secs_f64();
+            }
         }
-        Ok((decode_secs, read_secs))
+        Ok((t0.elapsed().as_secs_f64() - read_wall, read_secs))
     };
     once(engine, read_loop)?; // warm-up, as llama-bench does
     let mut ts = Vec::new();
