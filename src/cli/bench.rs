@@ -326,7 +326,7 @@ fn run_test(
     let mut logits = Vec::new();
     // One repetition: the seconds its tokens took, and with a read loop the seconds the loop
     // took between them (not in the first figure).
-    let mut once = |engine: &mut Engine, read_loop: Option<&ReadLoop>| -> Result<(f64, f64)> {
+    let mut once = |engine: &mut Engine| -> Result<(f64, f64)> {
         engine.model.reset();
         let t0 = Instant::now();
         if n_prompt > 0 {
@@ -348,12 +348,12 @@ fn run_test(
         }
         Ok((t0.elapsed().as_secs_f64() - read_wall, read_secs))
     };
-    once(engine, read_loop)?; // warm-up, as llama-bench does
+    once(engine)?; // warm-up, as llama-bench does
     let mut ts = Vec::new();
     let mut ns = Vec::new();
     let mut read_secs = Vec::new();
     for _ in 0..reps {
-        let (secs, reads) = once(engine, read_loop)?;
+        let (secs, reads) = once(engine)?;
         ts.push((n_prompt + n_gen) as f64 / secs);
         ns.push(secs * 1e9);
         if read_loop.is_some() {
