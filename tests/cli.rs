@@ -317,6 +317,55 @@ fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `marco bench --kernels`: a row per weight type and row width of the default model (its
+/// tensor table: Q5_0 and Q8_0 rows of 896, Q6_K and Q4_K rows of 4864), whose shares of a
+/// token's bytes add up to all of them, each with the rates and the share of the read loop;
+/// on a path without chunk kernels, a line that says so.
+#[test]
+fn bench_kernels_prints_a_row_per_weight_type_and_width() {
+    let o = marco(&["bench", "-m", &model_arg(), "--kernels", "-r", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let kernels = marco::backend::cpu::kernels::Kernels::detect();
+    if !kernels.has_chunks(GgmlType::Q5_0, 896) {
+        assert!(out.contains("has no chunk kernels"), "{out}");
+        return;
+    }
+    assert!(out.contains("8 rounds"), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("| Q"))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    let kinds: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Q5_0", "896"),
+            ("Q8_0", "896"),
+            ("Q6_K", "4864"),
+            ("Q4_K", "4864")
+        ],
+        "{out}"
+    );
+    let pct = |c: &str| c.trim_end_matches('%').parse::<f64>().unwrap();
+    let gbs = |c: &str| c.trim_end_matches(" GB/s").parse::<f64>().unwrap();
+    let of_token: f64 = rows.iter().map(|r| pct(r[3])).sum();
+    assert!((of_token - 100.0).abs() <= 2.0, "{out}");
+    for r in &rows {
+        assert!(
+            gbs(r[4]) > 0.0 && gbs(r[5]) > 0.0 && pct(r[6]) > 0.0,
+            "{out}"
+        );
+    }
+    assert!(out.contains("(100% of them) stream at"), "{out}");
+}
+
 /// `marco bench --bandwidth`: a row per thread count and decode test, with the weights read,
 /// the read loop between the tokens and its best pass, and the two shares (percentages; the
 /// share of the best pass agrees with the rates printed beside it, the other is the median of

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// runs without this flag only loosely.
     #[arg(long)]
     bandwidth: bool,
+    /// Instead of the model tests: how fast each one-token chunk kernel streams rows of the
+    /// model's weight types and widths from memory on one thread, against a plain read loop.
+    /// Each kernel reads 144 MiB of rows in a round with the loop over as many bytes; 8 rounds
+    /// per repetition, the order rotating, and the share is the median of the rounds' own (the
+    /// kernels alone, without the model's other ops or this VM's drift between runs).
+    #[arg(long, conflicts_with = "bandwidth")]
+    kernels: bool,
 }
 
 struct Sample {
@@ -77,6 +84,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "--bandwidth measures host memory against CPU decoding: it goes with --backend cpu"
     );
     let path = models::resolve_model(a.model.as_deref())?;
+    if a.kernels {
+        ensure!(
+            a.backend == BackendKind::Cpu,
+            "--kernels measures the CPU kernels: it goes with --backend cpu"
+        );
+        return super::bench_kernels::bench_kernels(&path, 8 * a.repetitions);
+    }
     let threads = if a.threads.is_empty() {
         vec![marco::backend::cpu::default_threads()]
     } else {
@@ -152,17 +166,22 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Bytes of weights one decoded token reads: every 2-D tensor but the embedding table (of
-/// which it reads one row), unless the table doubles as the output matrix.
+/// Bytes of weights one decoded token reads.
 fn weight_bytes_per_token(path: &std::path::Path) -> Result<u64> {
+    Ok(weight_tensors(path)?.iter().map(|t| t.n_bytes).sum())
+}
+
+/// The weights one decoded token reads whole: every 2-D tensor but the embedding table (of
+/// which it reads one row), unless the table doubles as the output matrix.
+pub(super) fn weight_tensors(path: &std::path::Path) -> Result<Vec<marco::gguf::TensorInfo>> {
     let file = marco::gguf::GgufFile::open(path)?;
     let tied = file.tensor_info("output.weight").is_none();
     Ok(file
         .tensors()
         .iter()
         .filter(|t| t.dims.len() == 2 && (tied || t.name != "token_embd.weight"))
-        .map(|t| t.n_bytes)
-        .sum())
+        .cloned()
+        .collect())
 }
 
 /// A plain read loop over a buffer far beyond any cache, in the same kind of memory as the CPU
@@ -231,7 +250,7 @@ impl ReadLoop {
 /// Sums `bytes` as 64-bit words, split over `n_threads` threads (the calling thread takes the
 /// first share, so one thread costs no spawn). Shares are whole 64-byte lines, as
 /// [`sum_words`] reads them.
-fn read_words(bytes: &[u8], n_threads: usize) {
+pub(super) fn read_words(bytes: &[u8], n_threads: usize) {
     let words = bytes.as_chunks::<8>().0;
     let share = words
         .len()
@@ -371,7 +390,7 @@ fn run_test(
     })
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {

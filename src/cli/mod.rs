@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 
 mod bench;
+mod bench_kernels;
 mod inspect;
 mod kld;
 mod quantize;

@@ -1,0 +1,189 @@
+//! `marco bench --kernels`: how fast each one-token chunk kernel streams weight rows from
+//! memory on one thread, against a plain read loop, run by run.
+//!
+//! Why beside `--bandwidth`: a model's decoding share mixes the kernels' own speed with what
+//! lies between them (other ops, every matmul starting again after other memory traffic), and
+//! this VM's memory speed drifts by a quarter from minute to minute, so two runs of a model
+//! differ by more than most kernel changes do. Here each kernel reads one long run of rows
+//! (144 MiB, far beyond the caches) next to a read loop over as many bytes, in rounds whose
+//! order rotates, and each round's ratio is taken before the median: what is left is the
+//! kernel alone. Measured: a kernel against a copy of itself comes out at 0.98-1.00.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use marco::backend::cpu::kernels::Kernels;
+use marco::backend::cpu::memory::WeightBuf;
+use marco_quantize::chunks::{ActChunks, ROW_GROUP};
+use marco_quantize::GgmlType;
+
+use super::bench::{median, read_words, weight_tensors};
+
+/// Memory the runs walk round: each run finds nothing of the one before it in the caches.
+const BUF_BYTES: usize = 1 << 30;
+/// Bytes one run reads (a kernel's run: whole batches of rows up to this).
+const RUN_BYTES: usize = 144 << 20;
+/// Rows per kernel call, as the CPU backend hands them over (a multiple of `ROW_GROUP`).
+const BATCH: usize = 64;
+const _: () = assert!(BATCH.is_multiple_of(ROW_GROUP));
+
+/// One kernel to measure: a weight type at a row width the model has.
+struct Case {
+    ty: GgmlType,
+    cols: usize,
+    /// Bytes of such weights a decoded token reads.
+    token_bytes: u64,
+    acts: ActChunks,
+}
+
+/// Rates of one round, bytes/s: the read loop's and each case's.
+struct Round {
+    read: f64,
+    kernels: Vec<f64>,
+}
+
+/// Runs `rounds` rounds over the chunk kernels for `path`'s matrix weights and prints the table.
+pub fn bench_kernels(path: &Path, rounds: usize) -> Result<()> {
+    ensure!(rounds > 0, "--repetitions must be at least 1");
+    let kernels = Kernels::detect();
+    let (cases, token_bytes) = cases(path, &kernels)?;
+    if cases.is_empty() {
+        println!(
+            "The {} path has no chunk kernels for this model's matrix weights: nothing to measure.",
+            kernels.name()
+        );
+        return Ok(());
+    }
+    let mut mem = WeightBuf::zeroed(BUF_BYTES)?;
+    // Bytes of 0x33 decode to ordinary numbers in every type (f16 0x3333 is 0.22), and a
+    // kernel's speed does not depend on the values.
+    mem.as_mut_slice().fill(0x33);
+    let mut next = 0usize;
+    let results: Vec<Round> = (0..rounds)
+        .map(|r| round(&kernels, &cases, mem.as_slice(), &mut next, r))
+        .collect();
+    print_table(&kernels, &cases, &results, token_bytes);
+    Ok(())
+}
+
+/// The distinct (type, row width) of the model's matrix weights that have chunk kernels on
+/// this path, most bytes first, and the bytes a token reads in all.
+fn cases(path: &Path, kernels: &Kernels) -> Result<(Vec<Case>, u64)> {
+    let mut cases: Vec<Case> = Vec::new();
+    let mut total = 0u64;
+    for t in weight_tensors(path)? {
+        total += t.n_bytes;
+        let cols = t.dims[0] as usize;
+        if !kernels.has_chunks(t.ty, cols) {
+            continue;
+        }
+        match cases.iter_mut().find(|c| c.ty == t.ty && c.cols == cols) {
+            Some(c) => c.token_bytes += t.n_bytes,
+            None => cases.push(Case {
+                ty: t.ty,
+                cols,
+                token_bytes: t.n_bytes,
+                acts: activations(kernels, cols),
+            }),
+        }
+    }
+    cases.sort_by_key(|c| std::cmp::Reverse(c.token_bytes));
+    Ok((cases, total))
+}
+
+/// One token of `cols` activations in both forms the chunk kernels take.
+fn activations(kernels: &Kernels, cols: usize) -> ActChunks {
+    let x: Vec<f32> = (0..cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+        .collect();
+    let mut acts = ActChunks::default();
+    kernels.quantize_chunks(&x, &mut acts);
+    acts.fill_q8k(&x);
+    acts
+}
+
+/// The read loop and every case once, starting one further along the list each round.
+fn round(kernels: &Kernels, cases: &[Case], mem: &[u8], next: &mut usize, r: usize) -> Round {
+    let n = cases.len() + 1;
+    let mut rates = vec![0.0; n];
+    for k in 0..n {
+        let which = (r + k) % n;
+        let len = match which {
+            0 => RUN_BYTES,
+            i => run_rows(&cases[i - 1]) * row_bytes(&cases[i - 1]),
+        };
+        if *next + len > mem.len() {
+            *next = 0;
+        }
+        let run = &mem[*next..*next + len];
+        *next += len;
+        let t0 = Instant::now();
+        match which {
+            0 => read_words(run, 1),
+            i => stream(kernels, &cases[i - 1], run),
+        }
+        rates[which] = len as f64 / t0.elapsed().as_secs_f64();
+    }
+    Round {
+        read: rates[0],
+        kernels: rates[1..].to_vec(),
+    }
+}
+
+fn row_bytes(c: &Case) -> usize {
+    c.ty.row_bytes(c.cols as u64).unwrap_or(0) as usize
+}
+
+/// Rows of one run: whole batches, at least one.
+fn run_rows(c: &Case) -> usize {
+    (RUN_BYTES / row_bytes(c).max(1) / BATCH).max(1) * BATCH
+}
+
+/// The case's kernel over every row of `run`, a batch per call.
+fn stream(kernels: &Kernels, c: &Case, run: &[u8]) {
+    let mut out = [0f32; BATCH];
+    for batch in run.chunks_exact(BATCH * row_bytes(c)) {
+        kernels.dot_chunks(c.ty, batch, &c.acts, &mut out);
+    }
+    std::hint::black_box(out);
+}
+
+fn print_table(kernels: &Kernels, cases: &[Case], rounds: &[Round], token_bytes: u64) {
+    println!(
+        "Chunk kernels on one thread ({}), each over {} MiB of rows in a round with a plain read \
+         loop over as many bytes; {} rounds, the order rotating (rates: the means; share: the \
+         median of the rounds' own).",
+        kernels.name(),
+        RUN_BYTES >> 20,
+        rounds.len()
+    );
+    println!("| type | row width | row bytes | of a token's weights | kernel reads | read loop | share |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let read = rounds.iter().map(|r| r.read).sum::<f64>() / rounds.len() as f64;
+    // A token's time over these weights at the measured shares, as a share of the loop's.
+    let (mut covered, mut time) = (0.0, 0.0);
+    for (i, c) in cases.iter().enumerate() {
+        let rate = rounds.iter().map(|r| r.kernels[i]).sum::<f64>() / rounds.len() as f64;
+        let shares: Vec<f64> = rounds.iter().map(|r| r.kernels[i] / r.read).collect();
+        let share = median(&shares);
+        let frac = c.token_bytes as f64 / token_bytes.max(1) as f64;
+        covered += frac;
+        time += frac / share;
+        println!(
+            "| {} | {} | {} | {:.0}% | {:.1} GB/s | {:.1} GB/s | {:.1}% |",
+            c.ty,
+            c.cols,
+            row_bytes(c),
+            100.0 * frac,
+            rate / 1e9,
+            read / 1e9,
+            100.0 * share
+        );
+    }
+    println!(
+        "Weighted by a token's bytes, these kernels ({:.0}% of them) stream at {:.1}% of the loop.",
+        100.0 * covered,
+        100.0 * covered / time
+    );
+}
