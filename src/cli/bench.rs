@@ -59,8 +59,8 @@ pub struct BenchArgs {
     /// Instead of the model tests: how fast each one-token chunk kernel streams rows of the
     /// model's weight types and widths from memory on one thread, against a plain read loop.
     /// Each kernel reads 144 MiB of rows in a round with the loop over as many bytes; 8 rounds
-    /// per repetition, the order rotating, and the share is the median of the rounds' own (the
-    /// kernels alone, without the model's other ops or this VM's drift between runs).
+    /// per repetition, the order rotating, and the share is the median of the rounds' own: the
+    /// kernels alone, without the model's other ops, each ratio taken in one moment.
     #[arg(long, conflicts_with = "bandwidth")]
     kernels: bool,
 }

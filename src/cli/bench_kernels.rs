@@ -2,12 +2,13 @@
 //! memory on one thread, against a plain read loop, run by run.
 //!
 //! Why beside `--bandwidth`: a model's decoding share mixes the kernels' own speed with what
-//! lies between them (other ops, every matmul starting again after other memory traffic), and
-//! this VM's memory speed drifts by a quarter from minute to minute, so two runs of a model
-//! differ by more than most kernel changes do. Here each kernel reads one long run of rows
-//! (144 MiB, far beyond the caches) next to a read loop over as many bytes, in rounds whose
-//! order rotates, and each round's ratio is taken before the median: what is left is the
-//! kernel alone. Measured: a kernel against a copy of itself comes out at 0.98-1.00.
+//! lies between them (other ops, every matmul starting again after other memory traffic).
+//! Here each kernel reads one long run of rows (144 MiB, far beyond the caches) next to a read
+//! loop over as many bytes, in rounds whose order rotates, and each round's ratio is taken
+//! before the median, so this VM's drift from minute to minute moves both sides of a ratio
+//! together. The shares still move with the machine's state from run to run (the default
+//! model's kernels, weighted: 86-95% in three runs in a row), so kernel versions are best
+//! compared in alternating runs.
 
 use std::path::Path;
 use std::time::Instant;
