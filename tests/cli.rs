@@ -317,6 +317,19 @@ fn synth_expands_a_shape_file_into_a_same_shaped_model_that_runs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The cells of the markdown table rows of `out` that `keep` picks.
+fn table_rows(out: &str, keep: impl Fn(&str) -> bool) -> Vec<Vec<&str>> {
+    out.lines()
+        .filter(|l| keep(l))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect()
+}
+
 /// `marco bench --kernels`: a row per weight type and row width of the default model (its
 /// tensor table: Q5_0 and Q8_0 rows of 896, Q6_K and Q4_K rows of 4864), whose shares of a
 /// token's bytes add up to all of them, each with the rates and the share of the read loop;
@@ -332,16 +345,7 @@ fn bench_kernels_prints_a_row_per_weight_type_and_width() {
         return;
     }
     assert!(out.contains("8 rounds"), "{out}");
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.starts_with("| Q"))
-        .map(|l| {
-            l.split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
-        .collect();
+    let rows = table_rows(&out, |l| l.starts_with("| Q"));
     let kinds: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
     assert_eq!(
         kinds,
@@ -392,16 +396,7 @@ fn bench_bandwidth_prints_the_share_of_the_read_loop() {
         out.contains("Decoding reads 391.6 MB of weights per token"),
         "{out}"
     );
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .filter(|l| l.contains("| tg2 |") && !l.contains("cpu ("))
-        .map(|l| {
-            l.split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
-        .collect();
+    let rows = table_rows(&out, |l| l.contains("| tg2 |") && !l.contains("cpu ("));
     assert_eq!(rows.len(), 2, "{out}");
     for (row, threads) in rows.iter().zip(["1", "2"]) {
         assert_eq!(row[0], threads, "{out}");
