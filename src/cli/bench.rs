@@ -58,10 +58,11 @@ pub struct BenchArgs {
     bandwidth: bool,
     /// Instead of the model tests: how fast each one-token chunk kernel streams rows of the
     /// model's weight types and widths from memory on one thread, against a plain read loop.
-    /// Each kernel reads 144 MiB of rows in a round with the loop over as many bytes; 8 rounds
+    /// Each kernel reads whole batches of rows up to 144 MiB in a round with the loop over 144
+    /// MiB (one thread; -t, -p, -n and --json do not apply); 8 rounds
     /// per repetition, the order rotating, and the share is the median of the rounds' own: the
     /// kernels alone, without the model's other ops, each ratio taken in one moment.
-    #[arg(long, conflicts_with = "bandwidth")]
+    #[arg(long, conflicts_with_all = ["bandwidth", "json", "threads", "n_prompt", "n_gen"])]
     kernels: bool,
 }
 
@@ -83,12 +84,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         !a.bandwidth || a.backend == BackendKind::Cpu,
         "--bandwidth measures host memory against CPU decoding: it goes with --backend cpu"
     );
+    ensure!(
+        !a.kernels || a.backend == BackendKind::Cpu,
+        "--kernels measures the CPU kernels: it goes with --backend cpu"
+    );
     let path = models::resolve_model(a.model.as_deref())?;
     if a.kernels {
-        ensure!(
-            a.backend == BackendKind::Cpu,
-            "--kernels measures the CPU kernels: it goes with --backend cpu"
-        );
         return super::bench_kernels::bench_kernels(&path, 8 * a.repetitions);
     }
     let threads = if a.threads.is_empty() {

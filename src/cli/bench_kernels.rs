@@ -3,8 +3,8 @@
 //!
 //! Why beside `--bandwidth`: a model's decoding share mixes the kernels' own speed with what
 //! lies between them (other ops, every matmul starting again after other memory traffic).
-//! Here each kernel reads one long run of rows (144 MiB, far beyond the caches) next to a read
-//! loop over as many bytes, in rounds whose order rotates, and each round's ratio is taken
+//! Here each kernel reads one long run of rows (whole batches up to 144 MiB, far beyond the
+//! caches) next to a read loop over 144 MiB, in rounds whose order rotates, and each round's ratio is taken
 //! before the median, so this VM's drift from minute to minute moves both sides of a ratio
 //! together. The shares still move with the machine's state from run to run (the default
 //! model's kernels, weighted: 86-95% in three runs in a row), so kernel versions are best
@@ -33,6 +33,7 @@ const _: () = assert!(BATCH.is_multiple_of(ROW_GROUP));
 struct Case {
     ty: GgmlType,
     cols: usize,
+    row_bytes: usize,
     /// Bytes of such weights a decoded token reads.
     token_bytes: u64,
     acts: ActChunks,
@@ -41,7 +42,7 @@ struct Case {
 /// Rates of one round, bytes/s: the read loop's and each case's.
 struct Round {
     read: f64,
-    kernels: Vec<f64>,
+    kernel_rates: Vec<f64>,
 }
 
 /// Runs `rounds` rounds over the chunk kernels for `path`'s matrix weights and prints the table.
@@ -60,23 +61,25 @@ pub fn bench_kernels(path: &Path, rounds: usize) -> Result<()> {
     // Bytes of 0x33 decode to ordinary numbers in every type (f16 0x3333 is 0.22), and a
     // kernel's speed does not depend on the values.
     mem.as_mut_slice().fill(0x33);
-    let mut next = 0usize;
+    let mut offset = 0usize;
     let results: Vec<Round> = (0..rounds)
-        .map(|r| round(&kernels, &cases, mem.as_slice(), &mut next, r))
+        .map(|r| round(&kernels, &cases, mem.as_slice(), &mut offset, r))
         .collect();
     print_table(&kernels, &cases, &results, token_bytes);
     Ok(())
 }
 
 /// The distinct (type, row width) of the model's matrix weights that have chunk kernels on
-/// this path, most bytes first, and the bytes a token reads in all.
+/// this path, most bytes first, and the bytes a token reads in all. (Rows so long that one
+/// kernel call's batch would not fit a run, over 2 MiB, are left out: no model has them.)
 fn cases(path: &Path, kernels: &Kernels) -> Result<(Vec<Case>, u64)> {
     let mut cases: Vec<Case> = Vec::new();
     let mut total = 0u64;
     for t in weight_tensors(path)? {
         total += t.n_bytes;
         let cols = t.dims[0] as usize;
-        if !kernels.has_chunks(t.ty, cols) {
+        let row_bytes = t.ty.row_bytes(t.dims[0]).unwrap_or(0) as usize;
+        if !kernels.has_chunks(t.ty, cols) || row_bytes == 0 || BATCH * row_bytes > RUN_BYTES {
             continue;
         }
         match cases.iter_mut().find(|c| c.ty == t.ty && c.cols == cols) {
@@ -84,6 +87,7 @@ fn cases(path: &Path, kernels: &Kernels) -> Result<(Vec<Case>, u64)> {
             None => cases.push(Case {
                 ty: t.ty,
                 cols,
+                row_bytes,
                 token_bytes: t.n_bytes,
                 acts: activations(kernels, cols),
             }),
@@ -105,20 +109,20 @@ fn activations(kernels: &Kernels, cols: usize) -> ActChunks {
 }
 
 /// The read loop and every case once, starting one further along the list each round.
-fn round(kernels: &Kernels, cases: &[Case], mem: &[u8], next: &mut usize, r: usize) -> Round {
+fn round(kernels: &Kernels, cases: &[Case], mem: &[u8], offset: &mut usize, r: usize) -> Round {
     let n = cases.len() + 1;
     let mut rates = vec![0.0; n];
     for k in 0..n {
         let which = (r + k) % n;
         let len = match which {
             0 => RUN_BYTES,
-            i => run_rows(&cases[i - 1]) * row_bytes(&cases[i - 1]),
+            i => run_rows(&cases[i - 1]) * cases[i - 1].row_bytes,
         };
-        if *next + len > mem.len() {
-            *next = 0;
+        if *offset + len > mem.len() {
+            *offset = 0;
         }
-        let run = &mem[*next..*next + len];
-        *next += len;
+        let run = &mem[*offset..*offset + len];
+        *offset += len;
         let t0 = Instant::now();
         match which {
             0 => read_words(run, 1),
@@ -128,23 +132,20 @@ fn round(kernels: &Kernels, cases: &[Case], mem: &[u8], next: &mut usize, r: usi
     }
     Round {
         read: rates[0],
-        kernels: rates[1..].to_vec(),
+        kernel_rates: rates[1..].to_vec(),
     }
 }
 
-fn row_bytes(c: &Case) -> usize {
-    c.ty.row_bytes(c.cols as u64).unwrap_or(0) as usize
-}
-
-/// Rows of one run: whole batches, at least one.
+/// Rows of one run: whole batches, as many as fit in `RUN_BYTES` (`cases` keeps only rows of
+/// which a batch fits).
 fn run_rows(c: &Case) -> usize {
-    (RUN_BYTES / row_bytes(c).max(1) / BATCH).max(1) * BATCH
+    RUN_BYTES / c.row_bytes / BATCH * BATCH
 }
 
 /// The case's kernel over every row of `run`, a batch per call.
 fn stream(kernels: &Kernels, c: &Case, run: &[u8]) {
     let mut out = [0f32; BATCH];
-    for batch in run.chunks_exact(BATCH * row_bytes(c)) {
+    for batch in run.chunks_exact(BATCH * c.row_bytes) {
         kernels.dot_chunks(c.ty, batch, &c.acts, &mut out);
     }
     std::hint::black_box(out);
@@ -152,9 +153,9 @@ fn stream(kernels: &Kernels, c: &Case, run: &[u8]) {
 
 fn print_table(kernels: &Kernels, cases: &[Case], rounds: &[Round], token_bytes: u64) {
     println!(
-        "Chunk kernels on one thread ({}), each over {} MiB of rows in a round with a plain read \
-         loop over as many bytes; {} rounds, the order rotating (rates: the means; share: the \
-         median of the rounds' own).",
+        "Chunk kernels on one thread ({}), each over whole batches of rows up to {} MiB in a \
+         round with a plain read loop over that many bytes; {} rounds, the order rotating \
+         (rates: the means; share: the median of the rounds' own).",
         kernels.name(),
         RUN_BYTES >> 20,
         rounds.len()
@@ -162,11 +163,12 @@ fn print_table(kernels: &Kernels, cases: &[Case], rounds: &[Round], token_bytes:
     println!("| type | row width | row bytes | of a token's weights | kernel reads | read loop | share |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let read = rounds.iter().map(|r| r.read).sum::<f64>() / rounds.len() as f64;
-    // A token's time over these weights at the measured shares, as a share of the loop's.
+    // A token's time over these weights at the measured shares, as a share of the loop's
+    // (times per byte add up: the shares combine as a harmonic mean weighted by bytes).
     let (mut covered, mut time) = (0.0, 0.0);
     for (i, c) in cases.iter().enumerate() {
-        let rate = rounds.iter().map(|r| r.kernels[i]).sum::<f64>() / rounds.len() as f64;
-        let shares: Vec<f64> = rounds.iter().map(|r| r.kernels[i] / r.read).collect();
+        let rate = rounds.iter().map(|r| r.kernel_rates[i]).sum::<f64>() / rounds.len() as f64;
+        let shares: Vec<f64> = rounds.iter().map(|r| r.kernel_rates[i] / r.read).collect();
         let share = median(&shares);
         let frac = c.token_bytes as f64 / token_bytes.max(1) as f64;
         covered += frac;
@@ -175,7 +177,7 @@ fn print_table(kernels: &Kernels, cases: &[Case], rounds: &[Round], token_bytes:
             "| {} | {} | {} | {:.0}% | {:.1} GB/s | {:.1} GB/s | {:.1}% |",
             c.ty,
             c.cols,
-            row_bytes(c),
+            c.row_bytes,
             100.0 * frac,
             rate / 1e9,
             read / 1e9,
