@@ -59,9 +59,9 @@ pub struct BenchArgs {
     /// Instead of the model tests: how fast each one-token chunk kernel streams rows of the
     /// model's weight types and widths from memory on one thread, against a plain read loop.
     /// Each kernel reads whole batches of rows up to 144 MiB in a round with the loop over 144
-    /// MiB (one thread; -t, -p, -n and --json do not apply); 8 rounds
-    /// per repetition, the order rotating, and the share is the median of the rounds' own: the
-    /// kernels alone, without the model's other ops, each ratio taken in one moment.
+    /// MiB (one thread; -t, -p, -n and --json do not apply); 8 rounds per repetition, the order
+    /// rotating, and the share is the median of the rounds' own: the kernels alone, without the
+    /// model's other ops, each ratio taken in one moment.
     #[arg(long, conflicts_with_all = ["bandwidth", "json", "threads", "n_prompt", "n_gen"])]
     kernels: bool,
 }
@@ -401,7 +401,7 @@ pub(super) fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(super) fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {

@@ -4,9 +4,9 @@
 //! Why beside `--bandwidth`: a model's decoding share mixes the kernels' own speed with what
 //! lies between them (other ops, every matmul starting again after other memory traffic).
 //! Here each kernel reads one long run of rows (whole batches up to 144 MiB, far beyond the
-//! caches) next to a read loop over 144 MiB, in rounds whose order rotates, and each round's ratio is taken
-//! before the median, so this VM's drift from minute to minute moves both sides of a ratio
-//! together. The shares still move with the machine's state from run to run (the default
+//! caches) next to a read loop over 144 MiB, in rounds whose order rotates, and each round's
+//! ratio is taken before the median, so this VM's drift from minute to minute moves both sides
+//! of a ratio together. The shares still move with the machine's state from run to run (the default
 //! model's kernels, weighted: 86-95% in three runs in a row), so kernel versions are best
 //! compared in alternating runs. One more thing moves them: where the allocator puts the
 //! activation arrays. For `Q4_K` rows of 8960 weights (read one row at a time) the same kernel
@@ -17,13 +17,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use marco::backend::cpu::kernels::Kernels;
 use marco::backend::cpu::memory::WeightBuf;
 use marco_quantize::chunks::{ActChunks, ROW_GROUP};
 use marco_quantize::GgmlType;
 
-use super::bench::{median, read_words, weight_tensors};
+use super::bench::{mean_sd, median, read_words, weight_tensors};
 
 /// Memory the runs walk round: each run finds nothing of the one before it in the caches.
 const BUF_BYTES: usize = 1 << 30;
@@ -49,9 +49,9 @@ struct Round {
     kernel_rates: Vec<f64>,
 }
 
-/// Runs `rounds` rounds over the chunk kernels for `path`'s matrix weights and prints the table.
+/// Runs `rounds` rounds (at least one: `bench` checks `--repetitions`) over the chunk kernels
+/// for `path`'s matrix weights and prints the table.
 pub fn bench_kernels(path: &Path, rounds: usize) -> Result<()> {
-    ensure!(rounds > 0, "--repetitions must be at least 1");
     let kernels = Kernels::detect();
     let (cases, token_bytes) = cases(path, &kernels)?;
     if cases.is_empty() {
@@ -166,12 +166,14 @@ fn print_table(kernels: &Kernels, cases: &[Case], rounds: &[Round], token_bytes:
     );
     println!("| type | row width | row bytes | of a token's weights | kernel reads | read loop | share |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let read = rounds.iter().map(|r| r.read).sum::<f64>() / rounds.len() as f64;
+    let reads: Vec<f64> = rounds.iter().map(|r| r.read).collect();
+    let read = mean_sd(&reads).0;
     // A token's time over these weights at the measured shares, as a share of the loop's
     // (times per byte add up: the shares combine as a harmonic mean weighted by bytes).
     let (mut covered, mut time) = (0.0, 0.0);
     for (i, c) in cases.iter().enumerate() {
-        let rate = rounds.iter().map(|r| r.kernel_rates[i]).sum::<f64>() / rounds.len() as f64;
+        let rates: Vec<f64> = rounds.iter().map(|r| r.kernel_rates[i]).collect();
+        let rate = mean_sd(&rates).0;
         let shares: Vec<f64> = rounds.iter().map(|r| r.kernel_rates[i] / r.read).collect();
         let share = median(&shares);
         let frac = c.token_bytes as f64 / token_bytes.max(1) as f64;
