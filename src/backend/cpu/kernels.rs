@@ -410,15 +410,14 @@ impl Kernels {
     /// One query head's attention (see [`attend`](super::attend)); `out.len()` channels.
     ///
     /// # Panics
-    /// If the head's rows reach past `kt`, `v` or `scores`.
+    /// If the head's positions reach past its keys, values or `scores`.
     pub fn attend(&self, h: &super::attend::Head, scores: &mut [f32], out: &mut [f32]) {
         let hd = h.q.len();
         assert!(
             out.len() == hd
-                && scores.len() >= h.n_ctx
-                && h.n_ctx <= h.kt_stride
-                && (hd == 0 || h.kt.len() >= (hd - 1) * h.kt_stride + h.n_ctx)
-                && (h.n_ctx == 0 || h.v.len() >= (h.n_ctx - 1) * h.v_stride + hd),
+                && scores.len() >= h.n_ctx.next_multiple_of(super::attend::LANES)
+                && h.k.len() >= super::attend::key_len(h.n_ctx, hd)
+                && h.v.len() >= h.n_ctx * hd,
             "attend: head does not fit its buffers"
         );
         match self.isa {

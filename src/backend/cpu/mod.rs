@@ -91,6 +91,8 @@ impl CpuWeight {
     }
 }
 
+/// Per layer, each KV head's keys (blocks of positions, `attend::key_index`) and then each
+/// KV head's values (a row per position), one head after the other.
 struct KvCache {
     max_ctx: usize,
     kv_dim: usize,
@@ -305,10 +307,12 @@ impl Backend for CpuBackend {
         self.kv = Some(KvCache {
             max_ctx,
             kv_dim,
-            k: (0..n_layer).map(|_| vec![0.0; max_ctx * kv_dim]).collect(),
+            k: (0..n_layer)
+                .map(|_| vec![0.0; attend::key_len(max_ctx, kv_dim)])
+                .collect(),
             v: (0..n_layer).map(|_| vec![0.0; max_ctx * kv_dim]).collect(),
         });
-        self.scratch = vec![0.0; self.pool.n_threads() * max_ctx];
+        self.scratch = vec![0.0; self.pool.n_threads() * max_ctx.next_multiple_of(attend::LANES)];
         Ok(())
     }
 
@@ -524,41 +528,48 @@ impl Backend for CpuBackend {
             pos0 + n_tokens,
             kv.max_ctx
         );
-        // K is stored transposed, [channel][position] (see `attend`); V by position.
+        let hd = shape.head_dim;
+        ensure!(
+            shape.n_head_kv * hd == kv_dim
+                && shape.n_head_kv > 0
+                && shape.n_head.is_multiple_of(shape.n_head_kv),
+            "internal: attention shape does not match the KV cache"
+        );
         let max_ctx = kv.max_ctx;
-        attend::prefetch_cache(&kv.k[layer], max_ctx, &kv.v[layer], kv_dim, pos0);
-        let kt = &mut kv.k[layer];
-        for (t, krow) in self.bufs[k.0][..n_tokens * kv_dim]
-            .chunks_exact(kv_dim)
-            .enumerate()
-        {
-            for (c, &x) in krow.iter().enumerate() {
-                kt[c * max_ctx + pos0 + t] = x;
+        let (k_head, v_head) = (attend::key_len(max_ctx, hd), max_ctx * hd);
+        let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);
+        let (ks, vs) = (&self.bufs[k.0], &self.bufs[v.0]);
+        for t in 0..n_tokens {
+            let pos = pos0 + t;
+            for kvh in 0..shape.n_head_kv {
+                let row = (t * kv_dim + kvh * hd)..(t * kv_dim + (kvh + 1) * hd);
+                let keys = &mut kc[kvh * k_head..(kvh + 1) * k_head];
+                for (d, &x) in ks[row.clone()].iter().enumerate() {
+                    keys[attend::key_index(pos, d, hd)] = x;
+                }
+                let at = kvh * v_head + pos * hd;
+                vc[at..at + hd].copy_from_slice(&vs[row]);
             }
         }
-        let range = pos0 * kv_dim..(pos0 + n_tokens) * kv_dim;
-        kv.v[layer][range].copy_from_slice(&self.bufs[v.0][..n_tokens * kv_dim]);
         let scratch = SharedMut(self.scratch.as_mut_ptr());
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
         let kernels = self.kernels;
         let qs = &self.bufs[q.0];
         let group = shape.n_head / shape.n_head_kv;
-        let hd = shape.head_dim;
         let scale = 1.0 / (hd as f32).sqrt();
+        let room = max_ctx.next_multiple_of(attend::LANES);
         self.pool.run(n_tokens * shape.n_head, &|task, worker| {
             let (t, h) = (task / shape.n_head, task % shape.n_head);
-            let kv_off = (h / group) * hd;
+            let kvh = h / group;
             let head = attend::Head {
                 q: &qs[t * q_width + h * hd..][..hd],
-                kt: &kc[kv_off * max_ctx..(kv_off + hd) * max_ctx],
-                kt_stride: max_ctx,
-                v: &vc[kv_off..],
-                v_stride: kv_dim,
+                k: &kc[kvh * k_head..(kvh + 1) * k_head],
+                v: &vc[kvh * v_head..(kvh + 1) * v_head],
                 n_ctx: pos0 + t + 1,
                 scale,
             };
             // SAFETY: each worker owns its scratch row; each task owns its output head.
-            let scores = unsafe { scratch.slice(worker * max_ctx, max_ctx) };
+            let scores = unsafe { scratch.slice(worker * room, room) };
             let dst = unsafe { out_ptr.slice(t * q_width + h * hd, hd) };
             kernels.attend(&head, scores, dst);
         });
