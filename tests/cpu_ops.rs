@@ -1,7 +1,8 @@
-//! The CPU backend's copied and repacked (four-block chunk) matmul weights, through the
-//! `Backend` trait: a matmul or embedding of a weight prepared for matmul gives what the same
-//! kernels give on the mapped GGUF rows, for one token (the chunk kernel) and for prompts
-//! (rows unpacked again), on every kernel path this CPU runs.
+//! The CPU backend through the `Backend` trait, on every kernel path this CPU runs:
+//! - copied and repacked (four-block chunk) matmul weights: a matmul or embedding of a weight
+//!   prepared for matmul gives what the same kernels give on the mapped GGUF rows, for one
+//!   token (the chunk kernel) and for prompts (rows unpacked again);
+//! - attention over the KV cache (its blocked key layout) against a plain f64 reference.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use marco::backend::cpu::kernels::{Isa, Kernels};
 use marco::backend::cpu::CpuBackend;
-use marco::backend::{Backend, BufId, MatJob};
+use marco::backend::{AttnShape, Backend, BufId, MatJob};
 use marco::gguf::{GgufFile, GgufWriter, TensorDecl};
 use marco_quantize::quants::quantize_row;
 use marco_quantize::rng::SplitMix64;
@@ -190,5 +191,116 @@ fn a_prepared_table_embeds_the_same_rows() {
             y
         };
         assert_eq!(rows(true), rows(false), "{}", k.name());
+    }
+}
+
+/// A GGUF of F32 tables (`name`, columns, rows, seed) of noise, written to a temporary file and
+/// opened, with the tables' values.
+fn f32_tables(tables: &[(&str, usize, usize, u64)]) -> (Arc<GgufFile>, Vec<Vec<f32>>) {
+    let name = format!("marco-cpu-attn-{}-{}.gguf", std::process::id(), tables[0].3);
+    let path = std::env::temp_dir().join(name);
+    let decls = tables
+        .iter()
+        .map(|&(n, cols, rows, _)| {
+            TensorDecl::new(n.to_string(), &[cols as u64, rows as u64], GgmlType::F32)
+        })
+        .collect();
+    let mut w = GgufWriter::create(&path, Vec::new(), decls, 32).unwrap();
+    let values: Vec<Vec<f32>> = tables
+        .iter()
+        .map(|&(_, cols, rows, seed)| noise(cols * rows, seed))
+        .collect();
+    for (&(n, ..), v) in tables.iter().zip(&values) {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.write_tensor(n, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    (Arc::new(file), values)
+}
+
+/// `softmax(q·k / sqrt(hd)) · v` in f64 for every token and head: token `t` (position `t`)
+/// attends to positions `0..=t`; `q` rows of `n_head·hd`, `k` and `v` rows of `n_head_kv·hd`.
+fn attention_reference(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], n: usize) -> Vec<f64> {
+    let hd = shape.head_dim;
+    let (q_dim, kv_dim) = (shape.n_head * hd, shape.n_head_kv * hd);
+    let group = shape.n_head / shape.n_head_kv;
+    let mut out = vec![0.0; n * q_dim];
+    for t in 0..n {
+        for h in 0..shape.n_head {
+            let kv = (h / group) * hd;
+            let qh = &q[t * q_dim + h * hd..][..hd];
+            let scores: Vec<f64> = (0..=t)
+                .map(|j| {
+                    let kj = &k[j * kv_dim + kv..][..hd];
+                    let dot: f64 = qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    dot / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = p.iter().sum();
+            for c in 0..hd {
+                let o: f64 = (0..=t).map(|j| p[j] * v[j * kv_dim + kv + c] as f64).sum();
+                out[t * q_dim + h * hd + c] = o / sum;
+            }
+        }
+    }
+    out
+}
+
+/// Prompts and single tokens (`(tokens, first position)` in turn) through `attention`, with
+/// grouped-query shapes, a head size that is not a power of two, contexts that are not whole
+/// blocks of the key cache and chunks that cross a block, on two threads: every output
+/// within 1e-5 of the reference (the sums are f32).
+#[test]
+fn attention_matches_a_reference_for_prompts_and_single_tokens() {
+    let cases = [
+        ((6, 2, 40), 70, vec![(65, 0), (1, 65), (4, 66)]),
+        ((14, 2, 64), 4096, vec![(9, 0), (1, 9), (60, 10), (1, 70)]),
+        ((4, 4, 128), 130, vec![(100, 0), (1, 100), (2, 101)]),
+    ];
+    for (i, ((n_head, n_head_kv, head_dim), max_ctx, chunks)) in cases.into_iter().enumerate() {
+        let shape = AttnShape {
+            n_head,
+            n_head_kv,
+            head_dim,
+        };
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let total: usize = chunks.iter().map(|c| c.0).sum();
+        let seed = 40 + 3 * i as u64;
+        let (inputs, values) = f32_tables(&[
+            ("q", q_dim, total, seed),
+            ("k", kv_dim, total, seed + 1),
+            ("v", kv_dim, total, seed + 2),
+        ]);
+        let want = attention_reference(shape, &values[0], &values[1], &values[2], total);
+        for kernels in kernel_sets() {
+            let mut be = CpuBackend::with_kernels(2, kernels);
+            be.alloc_kv_cache(2, max_ctx, kv_dim).unwrap();
+            let tables = ["q", "k", "v"].map(|n| be.load_weight(&inputs, n).unwrap());
+            let bufs = [q_dim, kv_dim, kv_dim].map(|d| be.alloc(total * d).unwrap());
+            let out = be.alloc(total * q_dim).unwrap();
+            let mut got = vec![0.0f32; total * q_dim];
+            for &(n, pos0) in &chunks {
+                let ids: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+                for (table, buf) in tables.iter().zip(bufs) {
+                    be.embed(*table, &ids, buf).unwrap();
+                }
+                be.attention(1, bufs[0], bufs[1], bufs[2], out, n, pos0, shape)
+                    .unwrap();
+                be.read(out, 0, &mut got[pos0 * q_dim..(pos0 + n) * q_dim])
+                    .unwrap();
+            }
+            for (j, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= 1e-5,
+                    "{shape:?}, max_ctx {max_ctx}, {}: output {j} (token {}) is {g}, not {w}",
+                    kernels.isa().name(),
+                    j / q_dim
+                );
+            }
+        }
     }
 }

@@ -87,7 +87,8 @@ pub trait Backend: Send {
     /// Allocates a zeroed activation buffer of `len` floats.
     fn alloc(&mut self, len: usize) -> Result<BufId>;
 
-    /// Allocates the KV cache: `n_layer` layers of `max_ctx` positions of `kv_dim` floats for K and V.
+    /// Allocates the KV cache: `n_layer` layers of `max_ctx` positions of `kv_dim` floats for K and V
+    /// (a backend may round the positions up to its own blocks).
     fn alloc_kv_cache(&mut self, n_layer: usize, max_ctx: usize, kv_dim: usize) -> Result<()>;
 
     /// `out[t, :] = table[ids[t], :]`, dequantized.

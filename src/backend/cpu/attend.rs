@@ -12,12 +12,12 @@
 //! Why blocks rather than one row of `max_ctx` positions per channel: a head's keys for the
 //! first `n` positions are then one contiguous run that grows with the context, and so are
 //! its values (a row per position, each KV head's rows together), which the hardware
-//! prefetcher streams. Rows of the default context (4096 floats, 16 KiB apart) put a head's
-//! 64 channels in a few cache sets. Measured on one thread, default model, 64 tokens, three
-//! alternating runs: 290-314 µs of attention a token at a context of 4096 against 534-593
-//! for rows; at a context of 66, 267-284 against 282-318. The rows needed a software
-//! prefetch of the layer's cache before its heads (+2 to +4% tokens/s); with blocks it made
-//! no difference (0.99-1.00x in alternating tokens) and was dropped.
+//! prefetcher streams. Rows of the default context (`max_ctx` 4096: rows 16 KiB apart) put a
+//! head's 64 channels in a few cache sets. Measured on one thread, default model, 64 tokens
+//! (1-64 positions attended), three alternating runs: 290-314 µs of attention a token with a
+//! `max_ctx` of 4096 against 534-593 for rows; with 66, 267-284 against 282-318. The rows
+//! needed a software prefetch of the layer's cache before its heads (+2 to +4% tokens/s); with
+//! blocks it made no difference (0.99-1.00x in alternating tokens) and was dropped.
 
 use super::elementwise::exp_poly;
 
@@ -44,7 +44,7 @@ pub fn key_len(n_ctx: usize, head_dim: usize) -> usize {
 ///
 /// `k` holds the head's keys as [`key_index`] lays them out, at least
 /// [`key_len`]`(n_ctx, q.len())` floats; `v` a row of `q.len()` values per position;
-/// `scores` has room for `n_ctx` rounded up to whole blocks.
+/// `scores` has room for `n_ctx` rounded up to whole lane groups ([`LANES`]).
 pub struct Head<'a> {
     pub q: &'a [f32],
     pub k: &'a [f32],
@@ -55,7 +55,7 @@ pub struct Head<'a> {
 
 #[inline(always)]
 fn attend_body(h: &Head, scores: &mut [f32], out: &mut [f32]) {
-    // Whole blocks: the scores of positions past the context (cache slots not written yet,
+    // Whole lane groups: the scores of positions past the context (cache slots not written yet,
     // or left by an earlier sequence) are worked out and never used; what they buy is no
     // remainder loop.
     let padded = h.n_ctx.next_multiple_of(LANES);
@@ -77,6 +77,7 @@ fn attend_body(h: &Head, scores: &mut [f32], out: &mut [f32]) {
 /// make each channel's add wait on the one before, a chain of `head_dim` adds per group.
 #[inline(always)]
 fn qk_scores(h: &Head, scores: &mut [f32]) {
+    debug_assert!(scores.len().is_multiple_of(LANES), "whole lane groups");
     for (b, block) in scores.chunks_mut(KEY_BLOCK).enumerate() {
         match block.len() / LANES {
             4 => qk_block::<KEY_BLOCK>(h, b, block),

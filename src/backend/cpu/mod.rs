@@ -91,8 +91,9 @@ impl CpuWeight {
     }
 }
 
-/// Per layer, each KV head's keys (blocks of positions, `attend::key_index`) and then each
-/// KV head's values (a row per position), one head after the other.
+/// Per layer: `k`, for each KV head in turn, `attend::key_len(max_ctx, head_dim)` floats of keys
+/// laid out by `attend::key_index` (whole blocks of positions); `v`, for each KV head in turn,
+/// `max_ctx · head_dim` floats of values, a row per position.
 struct KvCache {
     max_ctx: usize,
     kv_dim: usize,
@@ -307,6 +308,8 @@ impl Backend for CpuBackend {
         self.kv = Some(KvCache {
             max_ctx,
             kv_dim,
+            // key_len is linear in its second argument: this is each KV head's run of
+            // key_len(max_ctx, head_dim), once per head (kv_dim = n_head_kv · head_dim).
             k: (0..n_layer)
                 .map(|_| vec![0.0; attend::key_len(max_ctx, kv_dim)])
                 .collect(),
