@@ -11,7 +11,7 @@ use std::sync::Arc;
 use marco::backend::cpu::kernels::{Isa, Kernels};
 use marco::backend::cpu::CpuBackend;
 use marco::backend::{AttnShape, Backend, BufId, MatJob};
-use marco::gguf::{GgufFile, GgufWriter, TensorDecl};
+use marco::gguf::GgufFile;
 use marco_quantize::quants::quantize_row;
 use marco_quantize::rng::SplitMix64;
 use marco_quantize::GgmlType;
@@ -22,27 +22,8 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// A GGUF with an F32 input table `x` (`n` rows of `cols`) and a `Q4_0` matrix `w4`
-/// (`rows` × `cols`), written to a temporary file and opened.
+/// (`rows` × `cols`).
 fn synth(cols: usize, rows: usize, n: usize) -> Arc<GgufFile> {
-    // One file per call: the tests of this file run in parallel in one process.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!("marco-cpu-ops-{}-{call}.gguf", std::process::id());
-    let path = std::env::temp_dir().join(name);
-    let decls = vec![
-        TensorDecl::new("x".to_string(), &[cols as u64, n as u64], GgmlType::F32),
-        TensorDecl::new(
-            "w4".to_string(),
-            &[cols as u64, rows as u64],
-            GgmlType::Q4_0,
-        ),
-    ];
-    let mut w = GgufWriter::create(&path, Vec::new(), decls, 32).unwrap();
-    let x: Vec<u8> = noise(cols * n, 1)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    w.write_tensor("x", &x).unwrap();
     let rb = GgmlType::Q4_0.row_bytes(cols as u64).unwrap() as usize;
     let mut q = vec![0u8; rb * rows];
     for (src, dst) in noise(cols * rows, 2)
@@ -51,11 +32,22 @@ fn synth(cols: usize, rows: usize, n: usize) -> Arc<GgufFile> {
     {
         quantize_row(GgmlType::Q4_0, src, dst);
     }
-    w.write_tensor("w4", &q).unwrap();
-    w.finish().unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    std::fs::remove_file(&path).ok();
-    Arc::new(file)
+    common::temp_gguf(
+        "cpu-ops",
+        &[
+            (
+                "x",
+                vec![cols as u64, n as u64],
+                GgmlType::F32,
+                f32_bytes(&noise(cols * n, 1)),
+            ),
+            ("w4", vec![cols as u64, rows as u64], GgmlType::Q4_0, q),
+        ],
+    )
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// `weight` of `file` times the first `n` rows of `x`, on a backend with `kernels`, the
@@ -194,30 +186,25 @@ fn a_prepared_table_embeds_the_same_rows() {
     }
 }
 
-/// A GGUF of F32 tables (`name`, columns, rows, seed) of noise, written to a temporary file and
-/// opened, with the tables' values.
+/// A GGUF of F32 tables (`name`, columns, rows, seed) of noise, with the tables' values.
 fn f32_tables(tables: &[(&str, usize, usize, u64)]) -> (Arc<GgufFile>, Vec<Vec<f32>>) {
-    let name = format!("marco-cpu-attn-{}-{}.gguf", std::process::id(), tables[0].3);
-    let path = std::env::temp_dir().join(name);
-    let decls = tables
-        .iter()
-        .map(|&(n, cols, rows, _)| {
-            TensorDecl::new(n.to_string(), &[cols as u64, rows as u64], GgmlType::F32)
-        })
-        .collect();
-    let mut w = GgufWriter::create(&path, Vec::new(), decls, 32).unwrap();
     let values: Vec<Vec<f32>> = tables
         .iter()
         .map(|&(_, cols, rows, seed)| noise(cols * rows, seed))
         .collect();
-    for (&(n, ..), v) in tables.iter().zip(&values) {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        w.write_tensor(n, &bytes).unwrap();
-    }
-    w.finish().unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    std::fs::remove_file(&path).ok();
-    (Arc::new(file), values)
+    let tensors: Vec<_> = tables
+        .iter()
+        .zip(&values)
+        .map(|(&(n, cols, rows, _), v)| {
+            (
+                n,
+                vec![cols as u64, rows as u64],
+                GgmlType::F32,
+                f32_bytes(v),
+            )
+        })
+        .collect();
+    (common::temp_gguf("cpu-attn", &tensors), values)
 }
 
 /// `softmax(q·k / sqrt(hd)) · v` in f64 for every token and head: token `t` (position `t`)

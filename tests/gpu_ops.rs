@@ -12,14 +12,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use marco::backend::cpu::CpuBackend;
 use marco::backend::gpu::{GpuBackend, GpuOptions, MatmulStyle};
 use marco::backend::{AttnShape, Backend, BackendKind, BufId, MatJob, WeightId};
 use marco::engine::{Engine, EngineOptions};
-use marco::gguf::{GgufFile, GgufWriter, TensorDecl};
+use marco::gguf::GgufFile;
 use marco::model::Logits;
 use marco_quantize::dequant::dequantize_row;
 use marco_quantize::quants::quantize_row;
@@ -155,20 +154,11 @@ impl Synth {
 
 /// Writes `tensors` to a temporary GGUF and opens it.
 fn synth_file(tag: &str, tensors: &[Synth]) -> Arc<GgufFile> {
-    let path: PathBuf =
-        std::env::temp_dir().join(format!("marco-gpu-ops-{}-{tag}.gguf", std::process::id()));
-    let decls = tensors
+    let tensors: Vec<_> = tensors
         .iter()
-        .map(|t| TensorDecl::new(t.name.clone(), &t.dims(), t.ty))
+        .map(|t| (t.name.as_str(), t.dims(), t.ty, t.encode()))
         .collect();
-    let mut w = GgufWriter::create(&path, Vec::new(), decls, 32).unwrap();
-    for t in tensors {
-        w.write_tensor(&t.name, &t.encode()).unwrap();
-    }
-    w.finish().unwrap();
-    let file = GgufFile::open(&path).unwrap();
-    std::fs::remove_file(&path).ok();
-    Arc::new(file)
+    common::temp_gguf(&format!("gpu-ops-{tag}"), &tensors)
 }
 
 /// Rows of a tensor dequantized to f32, as a reference.

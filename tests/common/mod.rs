@@ -2,11 +2,13 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use marco::backend::BackendKind;
 use marco::engine::{Engine, EngineOptions};
+use marco::gguf::{GgufFile, GgufWriter, TensorDecl};
 use marco::models::DEFAULT_MODEL;
+use marco_quantize::GgmlType;
 
 pub mod checks;
 
@@ -36,6 +38,28 @@ pub fn default_model_path() -> PathBuf {
 pub fn cpu_engine() -> &'static Mutex<Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
     ENGINE.get_or_init(|| Mutex::new(load_engine(BackendKind::Cpu)))
+}
+
+/// A GGUF of `tensors` (name, dims, type, encoded data), written to a temporary file whose
+/// name holds `tag`, then opened; the file is removed at once (the mapping stays valid).
+pub fn temp_gguf(tag: &str, tensors: &[(&str, Vec<u64>, GgmlType, Vec<u8>)]) -> Arc<GgufFile> {
+    // One file per call: the tests of a binary run in parallel in one process.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("marco-{tag}-{}-{call}.gguf", std::process::id());
+    let path = std::env::temp_dir().join(name);
+    let decls = tensors
+        .iter()
+        .map(|(n, dims, ty, _)| TensorDecl::new(n.to_string(), dims, *ty))
+        .collect();
+    let mut w = GgufWriter::create(&path, Vec::new(), decls, 32).unwrap();
+    for (n, _, _, data) in tensors {
+        w.write_tensor(n, data).unwrap();
+    }
+    w.finish().unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    Arc::new(file)
 }
 
 pub fn load_engine(backend: BackendKind) -> Engine {
