@@ -4,20 +4,26 @@
 //!
 //! Why hand-shaped: a dot product per cached position ends in a horizontal reduction, and at
 //! prompt lengths those reductions and a libm `exp` per score cost more than the matrix
-//! products. Here the keys are stored transposed in blocks of [`KEY_BLOCK`] positions
-//! ([`key_index`]), so the scores of all positions build up lane-wise with one broadcast
+//! products. Here the keys are stored transposed in blocks of [`BLOCK`] positions
+//! ([`KvLayout`]), so the scores of all positions build up lane-wise with one broadcast
 //! query element per channel; the softmax's `exp` is a polynomial the compiler vectorizes;
 //! and the value rows are summed with vector multiply-adds.
 //!
-//! Why blocks rather than one row of `max_ctx` positions per channel: a head's keys for the
-//! first `n` positions are then one contiguous run that grows with the context, and so are
-//! its values (a row per position, each KV head's rows together), which the hardware
-//! prefetcher streams. Rows of the default context (`max_ctx` 4096: rows 16 KiB apart) put a
-//! head's 64 channels in a few cache sets. Measured on one thread, default model, 64 tokens
-//! (1-64 positions attended), three alternating runs: 290-314 µs of attention a token with a
+//! Why blocks rather than one row of `max_ctx` positions per channel: a head's keys and values
+//! for a block of positions are then one contiguous tile, which the hardware prefetcher
+//! streams. Rows of the default context (`max_ctx` 4096: rows 16 KiB apart) put a head's 64
+//! channels in a few cache sets. Measured on one thread, default model, 64 tokens (1-64
+//! positions attended), three alternating runs: 290-314 µs of attention a token with a
 //! `max_ctx` of 4096 against 534-593 for rows; with 66, 267-284 against 282-318. The rows
 //! needed a software prefetch of the layer's cache before its heads (+2 to +4% tokens/s); with
 //! blocks it made no difference (0.99-1.00x in alternating tokens) and was dropped.
+//!
+//! Why block-major, every layer's tiles of a block together: the cache then lives in 2 MiB
+//! pages (`memory`) and still only takes memory as the context grows (a block of the default
+//! model is 1.5 MiB for all its layers). With each layer's cache in 4 KiB pages, a token's
+//! attention paid a TLB miss every 4 KiB of it, after the weights' stream had pushed the
+//! page tables out of the caches: on one thread, default model, 220-250 µs of attention a
+//! token at contexts 1-64 against 180-220 in 2 MiB pages, and 731 against 562 µs at 1-300.
 
 use super::elementwise::exp_poly;
 
@@ -25,32 +31,89 @@ use super::elementwise::exp_poly;
 /// out in whole groups.
 pub const LANES: usize = 16;
 
-/// Positions per block of the key cache; their scores stay in registers across channels.
-const KEY_BLOCK: usize = 64;
+/// Positions per block of the cache; a block's scores stay in registers across channels.
+pub const BLOCK: usize = 64;
 
-/// Where key channel `d` of position `pos` lies in one KV head's key cache of `head_dim`
-/// channels: blocks of [`KEY_BLOCK`] positions, each `head_dim` rows of that many positions.
-#[inline(always)]
-pub fn key_index(pos: usize, d: usize, head_dim: usize) -> usize {
-    (pos / KEY_BLOCK * head_dim + d) * KEY_BLOCK + pos % KEY_BLOCK
+/// Where the KV cache keeps each layer's and KV head's keys and values. Block `b` of
+/// [`BLOCK`] positions holds a tile for every layer and, within a layer, for every KV head in
+/// turn; a tile is the head's keys as `head_dim` rows of [`BLOCK`] positions, then its values
+/// as a row of `head_dim` per position. A cache's size depends only on `n_head_kv · head_dim`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    pub n_layer: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
 }
 
-/// Floats of one KV head's key cache for `n_ctx` positions (whole blocks).
-pub fn key_len(n_ctx: usize, head_dim: usize) -> usize {
-    n_ctx.div_ceil(KEY_BLOCK) * KEY_BLOCK * head_dim
+impl KvLayout {
+    /// Floats of one head's tile.
+    fn tile(&self) -> usize {
+        2 * BLOCK * self.head_dim
+    }
+
+    /// Floats from a head's tile in one block to its tile in the next.
+    pub fn block_stride(&self) -> usize {
+        self.n_layer * self.n_head_kv * self.tile()
+    }
+
+    /// Floats of a cache for `max_ctx` positions (whole blocks), or `None` where that does
+    /// not fit in a `usize`.
+    pub fn len(&self, max_ctx: usize) -> Option<usize> {
+        let blocks = max_ctx.checked_next_multiple_of(BLOCK)? / BLOCK;
+        let per_block = (2 * BLOCK)
+            .checked_mul(self.head_dim)?
+            .checked_mul(self.n_head_kv)?
+            .checked_mul(self.n_layer)?;
+        blocks.checked_mul(per_block)
+    }
+
+    /// Where layer `layer`'s KV head `kv_head` starts: its tile in block 0.
+    pub fn head_start(&self, layer: usize, kv_head: usize) -> usize {
+        (layer * self.n_head_kv + kv_head) * self.tile()
+    }
+
+    /// Key channel `d` of position `pos`, from the head's start.
+    #[inline(always)]
+    pub fn key(&self, pos: usize, d: usize) -> usize {
+        pos / BLOCK * self.block_stride() + d * BLOCK + pos % BLOCK
+    }
+
+    /// The first of position `pos`'s `head_dim` values, from the head's start.
+    #[inline(always)]
+    pub fn value(&self, pos: usize) -> usize {
+        pos / BLOCK * self.block_stride() + (BLOCK + pos % BLOCK) * self.head_dim
+    }
 }
 
 /// `out = softmax(scale · q·K) · V` over the first `n_ctx` positions.
 ///
-/// `k` holds the head's keys as [`key_index`] lays them out, at least
-/// [`key_len`]`(n_ctx, q.len())` floats; `v` a row of `q.len()` values per position;
-/// `scores` has room for `n_ctx` rounded up to whole lane groups ([`LANES`]).
+/// `kv` is the cache from the head's start ([`KvLayout::head_start`]) through at least its
+/// tile of the block that holds position `n_ctx - 1`, its tiles `stride` floats apart
+/// ([`KvLayout::block_stride`]); `scores` has room for `n_ctx` rounded up to whole lane groups
+/// ([`LANES`]).
 pub struct Head<'a> {
     pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub kv: &'a [f32],
+    pub stride: usize,
     pub n_ctx: usize,
     pub scale: f32,
+}
+
+impl Head<'_> {
+    /// Whether the head's tiles of the blocks up to position `n_ctx - 1` lie inside `kv`,
+    /// apart from one another.
+    pub fn fits(&self) -> bool {
+        let tile = 2 * BLOCK * self.q.len();
+        let last = match self.n_ctx.div_ceil(BLOCK).checked_sub(1) {
+            Some(last) => last,
+            None => return true,
+        };
+        self.stride >= tile
+            && last
+                .checked_mul(self.stride)
+                .and_then(|start| start.checked_add(tile))
+                .is_some_and(|end| end <= self.kv.len())
+    }
 }
 
 #[inline(always)]
@@ -78,9 +141,9 @@ fn attend_body(h: &Head, scores: &mut [f32], out: &mut [f32]) {
 #[inline(always)]
 fn qk_scores(h: &Head, scores: &mut [f32]) {
     debug_assert!(scores.len().is_multiple_of(LANES), "whole lane groups");
-    for (b, block) in scores.chunks_mut(KEY_BLOCK).enumerate() {
+    for (b, block) in scores.chunks_mut(BLOCK).enumerate() {
         match block.len() / LANES {
-            4 => qk_block::<KEY_BLOCK>(h, b, 0, block),
+            4 => qk_block::<BLOCK>(h, b, 0, block),
             // Not one pass of 48: the compiler kept a [f32; 48]'s accumulators on the stack,
             // a store and a reload in every channel's chain of adds (a fifth of attention's
             // time at contexts 33-48). Each score's sum is the same either way.
@@ -99,10 +162,9 @@ fn qk_scores(h: &Head, scores: &mut [f32]) {
 /// registers across channels.
 #[inline(always)]
 fn qk_block<const N: usize>(h: &Head, b: usize, first: usize, scores: &mut [f32]) {
-    let hd = h.q.len();
     let mut acc = [0.0f32; N];
     for (d, &qd) in h.q.iter().enumerate() {
-        let keys = &h.k[(b * hd + d) * KEY_BLOCK + first..][..N];
+        let keys = &h.kv[b * h.stride + d * BLOCK + first..][..N];
         for (a, &k) in acc.iter_mut().zip(keys) {
             *a += qd * k;
         }
@@ -116,10 +178,13 @@ fn qk_block<const N: usize>(h: &Head, b: usize, first: usize, scores: &mut [f32]
 #[inline(always)]
 fn weighted_values<const HD: usize>(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
     let mut acc = [0.0f32; HD];
-    // Rows as arrays: with slices of unknown length the loop stays scalar.
-    for (vr, &p) in h.v.as_chunks::<HD>().0.iter().zip(scores) {
-        for (a, &x) in acc.iter_mut().zip(vr) {
-            *a += p * x;
+    for (b, probs) in scores.chunks(BLOCK).enumerate() {
+        let rows = &h.kv[b * h.stride + BLOCK * HD..][..probs.len() * HD];
+        // Rows as arrays: with slices of unknown length the loop stays scalar.
+        for (vr, &p) in rows.as_chunks::<HD>().0.iter().zip(probs) {
+            for (a, &x) in acc.iter_mut().zip(vr) {
+                *a += p * x;
+            }
         }
     }
     for (o, a) in out.iter_mut().zip(acc) {
@@ -131,9 +196,13 @@ fn weighted_values<const HD: usize>(h: &Head, scores: &[f32], inv: f32, out: &mu
 #[inline(always)]
 fn weighted_values_any(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
     out.fill(0.0);
-    for (vr, &p) in h.v.chunks_exact(out.len().max(1)).zip(scores) {
-        for (o, &x) in out.iter_mut().zip(vr) {
-            *o += p * x;
+    let hd = out.len().max(1);
+    for (b, probs) in scores.chunks(BLOCK).enumerate() {
+        let rows = &h.kv[b * h.stride + BLOCK * hd..][..probs.len() * hd];
+        for (vr, &p) in rows.chunks_exact(hd).zip(probs) {
+            for (o, &x) in out.iter_mut().zip(vr) {
+                *o += p * x;
+            }
         }
     }
     out.iter_mut().for_each(|o| *o *= inv);
@@ -202,13 +271,14 @@ pub unsafe fn attend_avx2(h: &Head, scores: &mut [f32], out: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// `softmax(scale · q·K) · V` in f64, position by position.
-    fn reference(h: &Head) -> Vec<f64> {
+    /// `softmax(scale · q·K) · V` in f64, position by position, reading the head's cache
+    /// through `layout` (not through the kernel's block walk).
+    fn reference(h: &Head, layout: &KvLayout) -> Vec<f64> {
         let hd = h.q.len();
         let scores: Vec<f64> = (0..h.n_ctx)
             .map(|j| {
                 let dot: f64 = (0..hd)
-                    .map(|d| h.q[d] as f64 * h.k[key_index(j, d, hd)] as f64)
+                    .map(|d| h.q[d] as f64 * h.kv[layout.key(j, d)] as f64)
                     .sum();
                 dot * h.scale as f64
             })
@@ -219,7 +289,7 @@ mod tests {
         (0..hd)
             .map(|c| {
                 (0..h.n_ctx)
-                    .map(|j| p[j] * h.v[j * hd + c] as f64)
+                    .map(|j| p[j] * h.kv[layout.value(j) + c] as f64)
                     .sum::<f64>()
                     / sum
             })
@@ -227,20 +297,73 @@ mod tests {
     }
 
     #[test]
-    fn key_blocks_hold_each_position_and_channel_once() {
-        let hd = 5;
-        let n = 2 * KEY_BLOCK;
-        let mut seen = vec![false; key_len(n, hd)];
-        for pos in 0..n {
-            for d in 0..hd {
-                let i = key_index(pos, d, hd);
-                assert!(!seen[i], "position {pos} channel {d} shares slot {i}");
-                seen[i] = true;
+    fn the_layout_gives_each_key_and_value_one_slot_of_the_cache() {
+        let layout = KvLayout {
+            n_layer: 3,
+            n_head_kv: 2,
+            head_dim: 5,
+        };
+        let n = 2 * BLOCK;
+        let len = layout.len(n).unwrap();
+        assert_eq!(len, n * 3 * 2 * 5 * 2, "whole blocks, keys and values");
+        assert_eq!(layout.len(n - 1), Some(len));
+        assert_eq!(layout.len(n + 1), Some(len / 2 * 3));
+        let mut seen = vec![false; len];
+        let mut mark = |i: usize, what: &str| {
+            assert!(!seen[i], "{what} shares slot {i}");
+            seen[i] = true;
+        };
+        for l in 0..3 {
+            for h in 0..2 {
+                let start = layout.head_start(l, h);
+                for pos in 0..n {
+                    for d in 0..5 {
+                        mark(start + layout.key(pos, d), "a key");
+                        mark(start + layout.value(pos) + d, "a value");
+                    }
+                }
             }
         }
         assert!(seen.iter().all(|&s| s), "whole blocks leave no slot unused");
-        assert_eq!(key_len(1, hd), KEY_BLOCK * hd);
-        assert_eq!(key_len(KEY_BLOCK + 1, hd), key_len(n, hd));
+        assert_eq!(layout.len(usize::MAX - 1), None);
+        let wide = KvLayout {
+            head_dim: usize::MAX / 64,
+            ..layout
+        };
+        assert_eq!(wide.len(1), None);
+    }
+
+    #[test]
+    fn a_head_fits_only_a_cache_that_holds_its_last_tile() {
+        let layout = KvLayout {
+            n_layer: 2,
+            n_head_kv: 1,
+            head_dim: 4,
+        };
+        let cache = vec![0.0f32; layout.len(BLOCK + 1).unwrap()];
+        let q = [0.0f32; 4];
+        let head = |n_ctx: usize, start: usize, stride: usize| Head {
+            q: &q,
+            kv: &cache[start..],
+            stride,
+            n_ctx,
+            scale: 1.0,
+        };
+        let (last, stride) = (layout.head_start(1, 0), layout.block_stride());
+        assert!(head(BLOCK + 1, last, stride).fits());
+        assert!(
+            head(0, cache.len(), stride).fits(),
+            "no positions, no tiles"
+        );
+        assert!(
+            !head(BLOCK + 1, last + 1, stride).fits(),
+            "last tile one float short"
+        );
+        assert!(
+            !head(2 * BLOCK + 1, 0, stride).fits(),
+            "a block past the cache"
+        );
+        assert!(!head(1, 0, 2 * BLOCK * 4 - 1).fits(), "tiles that overlap");
     }
 
     type Attend = unsafe fn(&Head, &mut [f32], &mut [f32]);
@@ -278,24 +401,29 @@ mod tests {
             for n_ctx in (1..=20).chain([31, 32, 33, 48, 63, 64, 65, 100, 129]) {
                 for room in [n_ctx, n_ctx + 40] {
                     let q: Vec<f32> = (0..hd).map(|_| unit()).collect();
-                    // Slots past the context hold NaN.
-                    let mut k = vec![f32::NAN; key_len(room, hd)];
+                    // The head in the middle of a cache of two layers of three KV heads;
+                    // every other slot, and this head's past the context, hold NaN.
+                    let layout = KvLayout {
+                        n_layer: 2,
+                        n_head_kv: 3,
+                        head_dim: hd,
+                    };
+                    let mut cache = vec![f32::NAN; layout.len(room).unwrap()];
+                    let start = layout.head_start(1, 1);
                     for pos in 0..n_ctx {
                         for d in 0..hd {
-                            k[key_index(pos, d, hd)] = unit();
+                            cache[start + layout.key(pos, d)] = unit();
+                            cache[start + layout.value(pos) + d] = unit();
                         }
                     }
-                    let v: Vec<f32> = (0..room * hd)
-                        .map(|i| if i < n_ctx * hd { unit() } else { f32::NAN })
-                        .collect();
                     let h = Head {
                         q: &q,
-                        k: &k,
-                        v: &v,
+                        kv: &cache[start..],
+                        stride: layout.block_stride(),
                         n_ctx,
                         scale: 0.125,
                     };
-                    let want = reference(&h);
+                    let want = reference(&h, &layout);
                     for (name, f) in paths() {
                         let mut scores = vec![f32::NAN; room.next_multiple_of(LANES)];
                         let mut out = vec![0.0f32; hd];

@@ -410,14 +410,12 @@ impl Kernels {
     /// One query head's attention (see [`attend`](super::attend)); `out.len()` channels.
     ///
     /// # Panics
-    /// If the head's positions reach past its keys, values or `scores`.
+    /// If the head's positions reach past its cache or `scores` (`Head::fits`).
     pub fn attend(&self, h: &super::attend::Head, scores: &mut [f32], out: &mut [f32]) {
-        let hd = h.q.len();
         assert!(
-            out.len() == hd
+            out.len() == h.q.len()
                 && scores.len() >= h.n_ctx.next_multiple_of(super::attend::LANES)
-                && h.k.len() >= super::attend::key_len(h.n_ctx, hd)
-                && h.v.len() >= h.n_ctx * hd,
+                && h.fits(),
             "attend: head does not fit its buffers"
         );
         match self.isa {

@@ -91,14 +91,49 @@ impl CpuWeight {
     }
 }
 
-/// Per layer: `k`, for each KV head in turn, `attend::key_len(max_ctx, head_dim)` floats of keys
-/// laid out by `attend::key_index` (whole blocks of positions); `v`, for each KV head in turn,
-/// `max_ctx · head_dim` floats of values, a row per position.
+/// Every layer's keys and values for `max_ctx` positions (rounded up to whole blocks).
 struct KvCache {
     max_ctx: usize,
     kv_dim: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    n_layer: usize,
+    /// Keys and values as `attend::KvLayout` places them, in 2 MiB pages (see `memory`).
+    mem: memory::WeightBuf,
+}
+
+impl KvCache {
+    fn new(n_layer: usize, max_ctx: usize, kv_dim: usize) -> Result<KvCache> {
+        // The size depends on kv_dim alone, not on how the heads divide it.
+        let layout = attend::KvLayout {
+            n_layer,
+            n_head_kv: 1,
+            head_dim: kv_dim,
+        };
+        let bytes = layout
+            .len(max_ctx)
+            .and_then(|n| n.checked_mul(std::mem::size_of::<f32>()))
+            .with_context(|| {
+                format!(
+                    "a KV cache for a context of {max_ctx} tokens is too large for this machine"
+                )
+            })?;
+        let mem = memory::WeightBuf::zeroed(bytes).with_context(|| {
+            format!("cannot allocate the KV cache for a context of {max_ctx} tokens")
+        })?;
+        Ok(KvCache {
+            max_ctx,
+            kv_dim,
+            n_layer,
+            mem,
+        })
+    }
+
+    fn floats(&self) -> &[f32] {
+        bytemuck::cast_slice(self.mem.as_slice())
+    }
+
+    fn floats_mut(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(self.mem.as_mut_slice())
+    }
 }
 
 /// The CPU backend.
@@ -280,7 +315,8 @@ impl Backend for CpuBackend {
         if todo.is_empty() {
             return Ok(());
         }
-        let mut buf = memory::WeightBuf::zeroed(total)?;
+        let mut buf = memory::WeightBuf::zeroed(total)
+            .context("cannot allocate the buffer for the matmul weights")?;
         let out = SharedMut(buf.as_mut_slice().as_mut_ptr());
         for &(i, offset, chunked) in &todo {
             let w = &self.weights[i];
@@ -305,16 +341,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&mut self, n_layer: usize, max_ctx: usize, kv_dim: usize) -> Result<()> {
-        self.kv = Some(KvCache {
-            max_ctx,
-            kv_dim,
-            // key_len is linear in its second argument: this is each KV head's run of
-            // key_len(max_ctx, head_dim), once per head (kv_dim = n_head_kv · head_dim).
-            k: (0..n_layer)
-                .map(|_| vec![0.0; attend::key_len(max_ctx, kv_dim)])
-                .collect(),
-            v: (0..n_layer).map(|_| vec![0.0; max_ctx * kv_dim]).collect(),
-        });
+        self.kv = Some(KvCache::new(n_layer, max_ctx, kv_dim)?);
         self.scratch = vec![0.0; self.pool.n_threads() * max_ctx.next_multiple_of(attend::LANES)];
         Ok(())
     }
@@ -535,27 +562,31 @@ impl Backend for CpuBackend {
         ensure!(
             shape.n_head_kv * hd == kv_dim
                 && shape.n_head_kv > 0
-                && shape.n_head.is_multiple_of(shape.n_head_kv),
+                && shape.n_head.is_multiple_of(shape.n_head_kv)
+                && layer < kv.n_layer,
             "internal: attention shape does not match the KV cache"
         );
         let max_ctx = kv.max_ctx;
-        let (k_head, v_head) = (attend::key_len(max_ctx, hd), max_ctx * hd);
-        let (kc, vc) = (&mut kv.k[layer], &mut kv.v[layer]);
+        let layout = attend::KvLayout {
+            n_layer: kv.n_layer,
+            n_head_kv: shape.n_head_kv,
+            head_dim: hd,
+        };
+        let cache = kv.floats_mut();
         let (ks, vs) = (&self.bufs[k.0], &self.bufs[v.0]);
         for t in 0..n_tokens {
             let pos = pos0 + t;
             for kvh in 0..shape.n_head_kv {
                 let row = (t * kv_dim + kvh * hd)..(t * kv_dim + (kvh + 1) * hd);
-                let keys = &mut kc[kvh * k_head..(kvh + 1) * k_head];
+                let head = &mut cache[layout.head_start(layer, kvh)..];
                 for (d, &x) in ks[row.clone()].iter().enumerate() {
-                    keys[attend::key_index(pos, d, hd)] = x;
+                    head[layout.key(pos, d)] = x;
                 }
-                let at = kvh * v_head + pos * hd;
-                vc[at..at + hd].copy_from_slice(&vs[row]);
+                head[layout.value(pos)..][..hd].copy_from_slice(&vs[row]);
             }
         }
         let scratch = SharedMut(self.scratch.as_mut_ptr());
-        let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let cache = kv.floats();
         let kernels = self.kernels;
         let qs = &self.bufs[q.0];
         let group = shape.n_head / shape.n_head_kv;
@@ -566,8 +597,8 @@ impl Backend for CpuBackend {
             let kvh = h / group;
             let head = attend::Head {
                 q: &qs[t * q_width + h * hd..][..hd],
-                k: &kc[kvh * k_head..(kvh + 1) * k_head],
-                v: &vc[kvh * v_head..(kvh + 1) * v_head],
+                kv: &cache[layout.head_start(layer, kvh)..],
+                stride: layout.block_stride(),
                 n_ctx: pos0 + t + 1,
                 scale,
             };
