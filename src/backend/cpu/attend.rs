@@ -22,8 +22,9 @@
 //! pages (`memory`) and still only takes memory as the context grows (a block of the default
 //! model is 1.5 MiB for all its layers). With each layer's cache in 4 KiB pages, a token's
 //! attention paid a TLB miss every 4 KiB of it, after the weights' stream had pushed the
-//! page tables out of the caches: on one thread, default model, 220-250 µs of attention a
-//! token at contexts 1-64 against 180-220 in 2 MiB pages, and 731 against 562 µs at 1-300.
+//! page tables out of the caches. On one thread, default model, alternating runs, µs of
+//! attention a token: contexts 1-64, 247-264 against 184-206 (`max_ctx` 66) and 252-262
+//! against 171-176 (`max_ctx` 4096); contexts 1-300, 718-746 against 566-669.
 
 use super::elementwise::exp_poly;
 
