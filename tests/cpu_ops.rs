@@ -239,8 +239,9 @@ fn attention_reference(shape: AttnShape, q: &[f32], k: &[f32], v: &[f32], n: usi
 
 /// Prompts and single tokens (`(tokens, first position)` in turn) through `attention`, with
 /// grouped-query shapes, a head size that is not a power of two, contexts that are not whole
-/// blocks of the key cache and chunks that cross a block, on two threads: every output
-/// within 1e-5 of the reference (the sums are f32).
+/// blocks of the cache and chunks that cross a block, on two threads, for two layers in turn
+/// with inputs of their own (as a model calls it): every output within 1e-5 of the reference
+/// (the sums are f32).
 #[test]
 fn attention_matches_a_reference_for_prompts_and_single_tokens() {
     let cases = [
@@ -248,6 +249,7 @@ fn attention_matches_a_reference_for_prompts_and_single_tokens() {
         ((14, 2, 64), 4096, vec![(9, 0), (1, 9), (60, 10), (1, 70)]),
         ((4, 4, 128), 130, vec![(100, 0), (1, 100), (2, 101)]),
     ];
+    const LAYERS: usize = 2;
     for (i, ((n_head, n_head_kv, head_dim), max_ctx, chunks)) in cases.into_iter().enumerate() {
         let shape = AttnShape {
             n_head,
@@ -256,36 +258,55 @@ fn attention_matches_a_reference_for_prompts_and_single_tokens() {
         };
         let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
         let total: usize = chunks.iter().map(|c| c.0).sum();
-        let seed = 40 + 3 * i as u64;
-        let (inputs, values) = f32_tables(&[
-            ("q", q_dim, total, seed),
-            ("k", kv_dim, total, seed + 1),
-            ("v", kv_dim, total, seed + 2),
-        ]);
-        let want = attention_reference(shape, &values[0], &values[1], &values[2], total);
+        let seed = 40 + 6 * i as u64;
+        let names = [["q0", "k0", "v0"], ["q1", "k1", "v1"]];
+        let specs: Vec<(&str, usize, usize, u64)> = (0..LAYERS)
+            .flat_map(|l| {
+                let seed = seed + 3 * l as u64;
+                let [q, k, v] = names[l];
+                [
+                    (q, q_dim, total, seed),
+                    (k, kv_dim, total, seed + 1),
+                    (v, kv_dim, total, seed + 2),
+                ]
+            })
+            .collect();
+        let (inputs, values) = f32_tables(&specs);
+        let want: Vec<Vec<f64>> = (0..LAYERS)
+            .map(|l| {
+                let [q, k, v] = [0, 1, 2].map(|j| &values[3 * l + j]);
+                attention_reference(shape, q, k, v, total)
+            })
+            .collect();
         for kernels in kernel_sets() {
             let mut be = CpuBackend::with_kernels(2, kernels);
-            be.alloc_kv_cache(2, max_ctx, kv_dim).unwrap();
-            let tables = ["q", "k", "v"].map(|n| be.load_weight(&inputs, n).unwrap());
+            be.alloc_kv_cache(LAYERS, max_ctx, kv_dim).unwrap();
+            let tables = names.map(|layer| layer.map(|n| be.load_weight(&inputs, n).unwrap()));
             let bufs = [q_dim, kv_dim, kv_dim].map(|d| be.alloc(total * d).unwrap());
             let out = be.alloc(total * q_dim).unwrap();
-            let mut got = vec![0.0f32; total * q_dim];
+            let mut got = vec![vec![0.0f32; total * q_dim]; LAYERS];
             for &(n, pos0) in &chunks {
                 let ids: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
-                for (table, buf) in tables.iter().zip(bufs) {
-                    be.embed(*table, &ids, buf).unwrap();
+                for (l, got) in got.iter_mut().enumerate() {
+                    for (table, buf) in tables[l].iter().zip(bufs) {
+                        be.embed(*table, &ids, buf).unwrap();
+                    }
+                    be.attention(l, bufs[0], bufs[1], bufs[2], out, n, pos0, shape)
+                        .unwrap();
+                    be.read(out, 0, &mut got[pos0 * q_dim..(pos0 + n) * q_dim])
+                        .unwrap();
                 }
-                be.attention(1, bufs[0], bufs[1], bufs[2], out, n, pos0, shape)
-                    .unwrap();
-                be.read(out, 0, &mut got[pos0 * q_dim..(pos0 + n) * q_dim])
-                    .unwrap();
             }
+            let (got, want) = (got.concat(), want.concat());
             for (j, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g as f64 - w).abs() <= 1e-5,
-                    "{shape:?}, max_ctx {max_ctx}, {}: output {j} (token {}) is {g}, not {w}",
+                    "{shape:?}, max_ctx {max_ctx}, {}: layer {}, output {} (token {}) is {g}, \
+                     not {w}",
                     kernels.isa().name(),
-                    j / q_dim
+                    j / (total * q_dim),
+                    j % (total * q_dim),
+                    j % (total * q_dim) / q_dim
                 );
             }
         }

@@ -641,8 +641,7 @@ fn bench_one(k: Kernels, ty: GgmlType, rows: usize, cols: usize, w: &[u8], x: &[
     if k.has_chunks(ty, cols) {
         // In 2 MiB pages, as the CPU backend keeps repacked weights.
         let mut packed_buf =
-            marco::backend::cpu::memory::WeightBuf::zeroed(w.len() / row_bytes * row_bytes)
-                .unwrap();
+            marco::backend::cpu::memory::HugeBuf::zeroed(w.len() / row_bytes * row_bytes).unwrap();
         let packed = packed_buf.as_mut_slice();
         let whole = packed.len();
         marco_quantize::chunks::pack_rows(ty, row_bytes, &w[..whole], packed);
@@ -841,7 +840,7 @@ fn bench_chunk_throughput() {
         }
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;
         let big_rows = (512 << 20) / rb / 64 * 64;
-        let mut buf = marco::backend::cpu::memory::WeightBuf::zeroed(big_rows * rb).unwrap();
+        let mut buf = marco::backend::cpu::memory::HugeBuf::zeroed(big_rows * rb).unwrap();
         let packed = buf.as_mut_slice();
         for part in packed.chunks_mut(rows * rb) {
             let w = random_row(&mut rng, ty, cols * (part.len() / rb));

@@ -188,7 +188,7 @@ pub(super) fn weight_tensors(path: &std::path::Path) -> Result<Vec<marco::gguf::
 /// A plain read loop over a buffer far beyond any cache, in the same kind of memory as the CPU
 /// backend's weights (2 MiB pages): the bound a decoded token's weight stream is held to.
 struct ReadLoop {
-    mem: marco::backend::cpu::memory::WeightBuf,
+    mem: marco::backend::cpu::memory::HugeBuf,
     /// Bytes of weights a decoded token reads.
     per_token: u64,
     /// Bytes each read between tokens reads: as many, up to the buffer's size (beyond it the
@@ -207,7 +207,7 @@ impl ReadLoop {
             per_token > 0,
             "--bandwidth: this model's tokens read no matrix weights to compare with"
         );
-        let mut mem = marco::backend::cpu::memory::WeightBuf::zeroed(Self::BYTES)?;
+        let mut mem = marco::backend::cpu::memory::HugeBuf::zeroed(Self::BYTES)?;
         mem.as_mut_slice().fill(1);
         let span = usize::try_from(per_token)
             .unwrap_or(usize::MAX)

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use marco::backend::cpu::kernels::Kernels;
-use marco::backend::cpu::memory::WeightBuf;
+use marco::backend::cpu::memory::HugeBuf;
 use marco_quantize::chunks::{ActChunks, ROW_GROUP};
 use marco_quantize::GgmlType;
 
@@ -61,7 +61,7 @@ pub fn bench_kernels(path: &Path, rounds: usize) -> Result<()> {
         );
         return Ok(());
     }
-    let mut mem = WeightBuf::zeroed(BUF_BYTES)?;
+    let mut mem = HugeBuf::zeroed(BUF_BYTES)?;
     // Bytes of 0x33 decode to ordinary numbers in every type (f16 0x3333 is 0.22), and a
     // kernel's speed does not depend on the values.
     mem.as_mut_slice().fill(0x33);

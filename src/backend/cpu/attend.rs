@@ -38,7 +38,8 @@ pub const BLOCK: usize = 64;
 /// Where the KV cache keeps each layer's and KV head's keys and values. Block `b` of
 /// [`BLOCK`] positions holds a tile for every layer and, within a layer, for every KV head in
 /// turn; a tile is the head's keys as `head_dim` rows of [`BLOCK`] positions, then its values
-/// as a row of `head_dim` per position. A cache's size depends only on `n_head_kv · head_dim`.
+/// as a row of `head_dim` per position. How `n_head_kv · head_dim` is split into heads does not
+/// change a cache's size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvLayout {
     pub n_layer: usize,
@@ -137,8 +138,9 @@ fn attend_body(h: &Head, scores: &mut [f32], out: &mut [f32]) {
 }
 
 /// `scores[j] = scale · q · K[j]` (`scores`: whole lane groups), a block at a time. A last
-/// partial block goes as one call of its length too: a group of [`LANES`] at a time would
-/// make each channel's add wait on the one before, a chain of `head_dim` adds per group.
+/// partial block goes in one call of its length too (48 positions: 32 then 16): a group of
+/// [`LANES`] at a time would make each channel's add wait on the one before, a chain of
+/// `head_dim` adds per group.
 #[inline(always)]
 fn qk_scores(h: &Head, scores: &mut [f32]) {
     debug_assert!(scores.len().is_multiple_of(LANES), "whole lane groups");
@@ -197,7 +199,10 @@ fn weighted_values<const HD: usize>(h: &Head, scores: &[f32], inv: f32, out: &mu
 #[inline(always)]
 fn weighted_values_any(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
     out.fill(0.0);
-    let hd = out.len().max(1);
+    let hd = out.len();
+    if hd == 0 {
+        return;
+    }
     for (b, probs) in scores.chunks(BLOCK).enumerate() {
         let rows = &h.kv[b * h.stride + BLOCK * hd..][..probs.len() * hd];
         for (vr, &p) in rows.chunks_exact(hd).zip(probs) {

@@ -17,17 +17,15 @@ const HUGE: usize = 2 << 20;
 
 /// `len` zeroed bytes, 2 MiB-aligned, with huge pages requested for the whole 2 MiB pages
 /// inside it.
-pub struct WeightBuf {
+pub struct HugeBuf {
     map: MmapMut,
     start: usize,
     len: usize,
 }
 
-impl WeightBuf {
-    pub fn zeroed(len: usize) -> Result<WeightBuf> {
-        let total = len
-            .checked_add(HUGE)
-            .context("weight buffer size overflows")?;
+impl HugeBuf {
+    pub fn zeroed(len: usize) -> Result<HugeBuf> {
+        let total = len.checked_add(HUGE).context("buffer size overflows")?;
         let map = MmapMut::map_anon(total)
             .with_context(|| format!("cannot allocate {len} bytes of memory"))?;
         let start = (map.as_ptr() as usize).next_multiple_of(HUGE) - map.as_ptr() as usize;
@@ -40,7 +38,7 @@ impl WeightBuf {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = whole;
-        Ok(WeightBuf { map, start, len })
+        Ok(HugeBuf { map, start, len })
     }
 
     pub fn as_slice(&self) -> &[u8] {

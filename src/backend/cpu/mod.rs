@@ -46,7 +46,7 @@ struct CpuWeight {
 /// start there, and whether they are chunks (`marco_quantize::chunks`, same row length) or
 /// the GGUF layout.
 struct Copied {
-    buf: Arc<memory::WeightBuf>,
+    buf: Arc<memory::HugeBuf>,
     offset: usize,
     chunked: bool,
 }
@@ -97,7 +97,7 @@ struct KvCache {
     kv_dim: usize,
     n_layer: usize,
     /// Keys and values as `attend::KvLayout` places them, in 2 MiB pages (see `memory`).
-    mem: memory::WeightBuf,
+    mem: memory::HugeBuf,
 }
 
 impl KvCache {
@@ -116,7 +116,7 @@ impl KvCache {
                     "a KV cache for a context of {max_ctx} tokens is too large for this machine"
                 )
             })?;
-        let mem = memory::WeightBuf::zeroed(bytes).with_context(|| {
+        let mem = memory::HugeBuf::zeroed(bytes).with_context(|| {
             format!("cannot allocate the KV cache for a context of {max_ctx} tokens")
         })?;
         Ok(KvCache {
@@ -315,7 +315,7 @@ impl Backend for CpuBackend {
         if todo.is_empty() {
             return Ok(());
         }
-        let mut buf = memory::WeightBuf::zeroed(total)
+        let mut buf = memory::HugeBuf::zeroed(total)
             .context("cannot allocate the buffer for the matmul weights")?;
         let out = SharedMut(buf.as_mut_slice().as_mut_ptr());
         for &(i, offset, chunked) in &todo {
@@ -563,6 +563,7 @@ impl Backend for CpuBackend {
             shape.n_head_kv * hd == kv_dim
                 && shape.n_head_kv > 0
                 && shape.n_head.is_multiple_of(shape.n_head_kv)
+                && hd > 0
                 && layer < kv.n_layer,
             "internal: attention shape does not match the KV cache"
         );
