@@ -2,7 +2,7 @@
 //! - copied and repacked (four-block chunk) matmul weights: a matmul or embedding of a weight
 //!   prepared for matmul gives what the same kernels give on the mapped GGUF rows, for one
 //!   token (the chunk kernel) and for prompts (rows unpacked again);
-//! - attention over the KV cache (its blocked key layout) against a plain f64 reference.
+//! - attention over the KV cache (its block-major layout) against a plain f64 reference.
 
 mod common;
 

@@ -47,10 +47,14 @@ pub struct KvLayout {
     pub head_dim: usize,
 }
 
+/// Floats of one head's tile: its keys, then its values, for [`BLOCK`] positions.
+const fn tile_len(head_dim: usize) -> usize {
+    2 * BLOCK * head_dim
+}
+
 impl KvLayout {
-    /// Floats of one head's tile.
     fn tile(&self) -> usize {
-        2 * BLOCK * self.head_dim
+        tile_len(self.head_dim)
     }
 
     /// Floats from a head's tile in one block to its tile in the next.
@@ -105,7 +109,7 @@ impl Head<'_> {
     /// Whether the head's tiles of the blocks up to position `n_ctx - 1` lie inside `kv`,
     /// apart from one another.
     pub fn fits(&self) -> bool {
-        let tile = 2 * BLOCK * self.q.len();
+        let tile = tile_len(self.q.len());
         let last = match self.n_ctx.div_ceil(BLOCK).checked_sub(1) {
             Some(last) => last,
             None => return true,
