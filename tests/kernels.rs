@@ -230,6 +230,7 @@ fn dot_chunks_matches_reference() {
                     assert!(pack_rows(ty, w.len(), &w, &mut packed));
                     let mut acts = ActChunks::default();
                     acts.fill(&x);
+                    acts.fill_steps();
                     for k in kernel_sets().into_iter().filter(|k| k.has_chunks(ty, cols)) {
                         let mut got = [f32::NAN];
                         k.dot_chunks(ty, &packed, &acts, &mut got);
@@ -268,6 +269,7 @@ fn dot_chunks_over_runs_of_rows_matches_reference() {
         let x = random_acts(&mut rng, cols);
         let mut acts = ActChunks::default();
         acts.fill(&x);
+        acts.fill_steps();
         for n_rows in [1, 2, 3, 4, 6, 7, 16, 17, 35] {
             let w = random_row(&mut rng, ty, cols * n_rows);
             let mut packed = vec![0u8; w.len()];
@@ -858,6 +860,7 @@ fn bench_chunk_throughput() {
 fn chunk_acts(x: &[BlockQ8x32], xf: &[f32]) -> marco_quantize::chunks::ActChunks {
     let mut acts = marco_quantize::chunks::ActChunks::default();
     acts.fill(x);
+    acts.fill_steps();
     acts.fill_q8k(xf);
     acts
 }

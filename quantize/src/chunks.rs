@@ -15,6 +15,10 @@
 //! span any more, but a group is.
 //!
 //! Activations for chunked rows come in the same order ([`ActChunks`]).
+//!
+//! `Q5_0` rows in whole groups of four go one step further: the group's chunk `j` of each row
+//! make one [`QuadQ5_0`], whose i32 lanes are (row, block) pairs rather than parts of one
+//! row's blocks, so that the scale work is done once for four rows.
 
 use crate::act::BlockQ8x32;
 use crate::blocks::{
@@ -47,6 +51,89 @@ pub struct ChunkQ5_0 {
     pub d: [LeF16; 4],
     pub qh: [[u8; 8]; 2],
     pub qs: [u8; 64],
+}
+
+/// Rows in a [`QuadQ5_0`]: a whole group of [`pack_rows`].
+pub const QUAD_ROWS: usize = 4;
+
+/// Chunk `j` of four `Q5_0` rows, which is how a whole group of four `Q5_0` rows is packed
+/// ([`pack_rows`]; a shorter last group keeps [`ChunkQ5_0`]s). The 512 weights go in 8 steps
+/// of 64: step `s` holds elements `4s..4s+4` of the 16 (row, block) pairs, byte `16r + 4b + e`
+/// being element `4s + e` of row `r`'s block `b`. Its low four bits are in the low nibbles of
+/// `qs[s / 2]` for even `s` and in the high nibbles for odd `s`; its fifth bit is bit
+/// `16r + 4b + e` of the little-endian word `qh[s]`. `d[4r + b]` is row `r`'s block `b` scale.
+///
+/// Why: a byte dot product of step `s` against activations that hold block `b`'s elements
+/// `4s..4s+4` in i32 lane `b` of every 128-bit lane ([`ActChunks::steps`]) adds each pair's
+/// four products into its own lane `4r + b`. After the 8 steps each lane holds one block's
+/// whole integer dot, so one conversion, one multiply by the 16 scales and one FMA finish four
+/// rows at once, where [`ChunkQ5_0`] needs them, a lane permute and a scale conversion per
+/// row; and a step's fifth bits are one 64-bit mask, for one masked byte add. The kernel
+/// (`chunks512::q5_0_quads` in the CPU backend) says what that saves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuadQ5_0 {
+    pub d: [LeF16; 16],
+    pub qh: [[u8; 8]; 8],
+    pub qs: [[u8; 64]; 4],
+}
+
+// SAFETY: repr(C) struct of u8 arrays and LeF16 only; the size is checked below.
+unsafe impl Chunk for QuadQ5_0 {
+    type Src = BlockQ5_0;
+    /// Row `r`'s block `b` is source block `4r + b`.
+    const SRC_BLOCKS: usize = 16;
+    const OFFSET: i32 = 16;
+    fn pack(src: &[BlockQ5_0]) -> Self {
+        let mut quad = QuadQ5_0 {
+            d: std::array::from_fn(|i| src[i].d),
+            qh: [[0; 8]; 8],
+            qs: [[0; 64]; 4],
+        };
+        let mut qh = [0u64; 8];
+        // Four weights at a time: pair `i`'s elements 4s..4s+4 are the low (s < 4) or high
+        // nibbles of its block's bytes 4(s % 4)..+4, and bits 4s..4s+4 of its fifth bits; in
+        // the quad, bytes 4i..4i+4 of step s and bits 4i..4i+4 of its mask.
+        for (i, blk) in src.iter().enumerate().take(16) {
+            let fifth = u32::from_le_bytes(blk.qh);
+            for (k, qs) in quad.qs.iter_mut().enumerate() {
+                let nibbles = |s: usize| {
+                    let at = 4 * (s % 4);
+                    let word = u32::from_le_bytes(std::array::from_fn(|e| blk.qs[at + e]));
+                    (word >> (4 * (s / 4))) & 0x0F0F_0F0F
+                };
+                let byte4 = nibbles(2 * k) | nibbles(2 * k + 1) << 4;
+                qs[4 * i..4 * i + 4].copy_from_slice(&byte4.to_le_bytes());
+            }
+            for (s, mask) in qh.iter_mut().enumerate() {
+                *mask |= (((fifth >> (4 * s)) & 0xF) as u64) << (4 * i);
+            }
+        }
+        quad.qh = qh.map(u64::to_le_bytes);
+        quad
+    }
+    fn unpack(&self, out: &mut [BlockQ5_0]) {
+        let qh = self.qh.map(u64::from_le_bytes);
+        for (i, o) in out.iter_mut().enumerate().take(16) {
+            let step = |s: usize| {
+                let word = &self.qs[s / 2][4 * i..4 * i + 4];
+                let word = u32::from_le_bytes(std::array::from_fn(|e| word[e]));
+                (word >> (4 * (s % 2))) & 0x0F0F_0F0F
+            };
+            let mut qs = [0u8; 16];
+            for (c, four) in qs.as_chunks_mut::<4>().0.iter_mut().enumerate() {
+                *four = (step(c) | step(c + 4) << 4).to_le_bytes();
+            }
+            let fifth = (0..8).fold(0u32, |f, s| {
+                f | (((qh[s] >> (4 * i)) & 0xF) as u32) << (4 * s)
+            });
+            *o = BlockQ5_0 {
+                d: self.d[i],
+                qh: fifth.to_le_bytes(),
+                qs,
+            };
+        }
+    }
 }
 
 /// Four `Q8_0` blocks: `qs[h][p]` is element `16·h + p % 16` of block `p / 16`, plus 128 (as
@@ -97,6 +184,7 @@ macro_rules! chunk_pod {
 chunk_pod!(
     ChunkQ4_0 => 4 BlockQ4_0,
     ChunkQ5_0 => 4 BlockQ5_0,
+    QuadQ5_0 => 16 BlockQ5_0,
     ChunkQ8_0 => 4 BlockQ8_0,
     ChunkQ4K => 1 BlockQ4K
 );
@@ -289,6 +377,17 @@ fn as_chunks_mut<C: Chunk>(bytes: &mut [u8]) -> Option<&mut [C]> {
     })
 }
 
+/// Four rows' run of a whole group of `Q5_0` rows (as [`pack_rows`] lays it) as its quads;
+/// `None` unless the run is a whole number of them.
+pub fn as_quads(run: &[ChunkQ5_0]) -> Option<&[QuadQ5_0]> {
+    if !run.len().is_multiple_of(QUAD_ROWS) {
+        return None;
+    }
+    // SAFETY: both types are plain bytes of alignment 1 and a quad is four chunks long, so
+    // the same bytes are whole quads, for the lifetime of `run`.
+    Some(unsafe { std::slice::from_raw_parts(run.as_ptr().cast(), run.len() / QUAD_ROWS) })
+}
+
 /// Whether rows of `cols` weights of type `ty` have a chunked layout.
 pub fn supports(ty: GgmlType, cols: usize) -> bool {
     cols > 0
@@ -351,7 +450,7 @@ pub fn group_start(row_bytes: usize, r: usize) -> usize {
 pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
         GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, true),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, true),
+        GgmlType::Q5_0 => convert_q5_0_rows(row_bytes, src, dst, true),
         GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, true),
         GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, true),
         GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, true),
@@ -363,7 +462,7 @@ pub fn pack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> 
 pub fn unpack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -> bool {
     match ty {
         GgmlType::Q4_0 => convert_rows::<ChunkQ4_0>(row_bytes, src, dst, false),
-        GgmlType::Q5_0 => convert_rows::<ChunkQ5_0>(row_bytes, src, dst, false),
+        GgmlType::Q5_0 => convert_q5_0_rows(row_bytes, src, dst, false),
         GgmlType::Q8_0 => convert_rows::<ChunkQ8_0>(row_bytes, src, dst, false),
         GgmlType::Q4_K => convert_rows::<ChunkQ4K>(row_bytes, src, dst, false),
         GgmlType::Q6_K => convert_rows::<BlockQ6K>(row_bytes, src, dst, false),
@@ -388,6 +487,74 @@ fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunk
             unpack_group::<C>(s, d, rows)
         }
     })
+}
+
+/// [`convert_rows`] for `Q5_0`: whole groups of four rows as [`QuadQ5_0`]s, a shorter
+/// group (the last, or any where long rows make the groups smaller) as [`ChunkQ5_0`]s.
+fn convert_q5_0_rows(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
+    if group_rows(row_bytes) != QUAD_ROWS {
+        return convert_rows::<ChunkQ5_0>(row_bytes, src, dst, to_chunks);
+    }
+    if src.len() != dst.len()
+        || !row_bytes.is_multiple_of(size_of::<ChunkQ5_0>())
+        || !src.len().is_multiple_of(row_bytes)
+    {
+        return false;
+    }
+    let group = QUAD_ROWS * row_bytes;
+    src.chunks(group).zip(dst.chunks_mut(group)).all(|(s, d)| {
+        if s.len() < group {
+            let rows = s.len() / row_bytes;
+            return if to_chunks {
+                pack_group::<ChunkQ5_0>(s, d, rows)
+            } else {
+                unpack_group::<ChunkQ5_0>(s, d, rows)
+            };
+        }
+        if to_chunks {
+            pack_quads(s, d)
+        } else {
+            unpack_quads(s, d)
+        }
+    })
+}
+
+/// Source block `4r + b` of quad `j`: row `r`'s block `4j + b`, in rows of `per_row` quads.
+fn quad_source(j: usize, i: usize, per_row: usize) -> usize {
+    (i / CHUNK_BLOCKS) * per_row * CHUNK_BLOCKS + CHUNK_BLOCKS * j + i % CHUNK_BLOCKS
+}
+
+/// Four GGUF `Q5_0` rows into their quads.
+fn pack_quads(src: &[u8], dst: &mut [u8]) -> bool {
+    let (Some(b), Some(q)) = (as_blocks::<BlockQ5_0>(src), as_chunks_mut::<QuadQ5_0>(dst)) else {
+        return false;
+    };
+    let per_row = q.len();
+    for (j, quad) in q.iter_mut().enumerate() {
+        let blocks: [BlockQ5_0; 16] = std::array::from_fn(|i| b[quad_source(j, i, per_row)]);
+        *quad = QuadQ5_0::pack(&blocks);
+    }
+    true
+}
+
+/// Quads back into four GGUF `Q5_0` rows.
+fn unpack_quads(src: &[u8], dst: &mut [u8]) -> bool {
+    let (Some(q), Some(b)) = (as_chunks::<QuadQ5_0>(src), as_blocks_mut::<BlockQ5_0>(dst)) else {
+        return false;
+    };
+    let per_row = q.len();
+    let mut blocks = [BlockQ5_0 {
+        d: LeF16([0; 2]),
+        qh: [0; 4],
+        qs: [0; 16],
+    }; 16];
+    for (j, quad) in q.iter().enumerate() {
+        quad.unpack(&mut blocks);
+        for (i, blk) in blocks.iter().enumerate() {
+            b[quad_source(j, i, per_row)] = *blk;
+        }
+    }
+    true
 }
 
 /// Where group chunk `i` comes from in a group of `rows` rows of `per_row` chunks: the
@@ -443,6 +610,12 @@ pub struct ActChunks {
     pub d: Vec<f32>,
     pub neg_sums: Vec<Lanes16>,
     pub dsum: Vec<f32>,
+    /// Per chunk, for [`QuadQ5_0`] rows ([`fill_steps`](Self::fill_steps)): step `s`'s
+    /// activations, i32 lane `4r + b` holding block `b`'s elements `4s..4s+4` (the same 16
+    /// bytes in each 128-bit lane `r`: a plain load, where a broadcast one costs a shuffle).
+    pub steps: Vec<[[i8; 64]; 8]>,
+    /// Per chunk, with `steps`: lane `4r + b` holds `-Σq` over block `b`.
+    pub block_sums: Vec<Lanes16>,
     q8k: Vec<u8>,
 }
 
@@ -476,9 +649,34 @@ impl ActChunks {
         }
     }
 
+    /// Derives [`steps`](Self::steps) and [`block_sums`](Self::block_sums) from the chunks
+    /// held, for [`QuadQ5_0`] rows (a few hundred bytes per chunk, so only when such rows
+    /// come).
+    pub fn fill_steps(&mut self) {
+        let n = self.q.len();
+        self.steps.resize(n, [[0; 64]; 8]);
+        self.block_sums.resize(n, Lanes16::default());
+        let chunks = self.q.iter().zip(&self.neg_sums);
+        let out = self.steps.iter_mut().zip(&mut self.block_sums);
+        for ((q, lanes), (steps, sums)) in chunks.zip(out) {
+            for (s, step) in steps.iter_mut().enumerate() {
+                let lane: [i8; 16] =
+                    std::array::from_fn(|i| q[s / 4][16 * (i / 4) + 4 * (s % 4) + i % 4]);
+                for r in step.as_chunks_mut::<16>().0 {
+                    *r = lane;
+                }
+            }
+            let block = |b: usize| lanes.0[4 * b..4 * b + 4].iter().sum();
+            sums.0 = std::array::from_fn(|l| block(l % 4));
+        }
+    }
+
     /// Sizes the buffers for `n` chunks, for a quantizer that writes [`fill`](Self::fill)'s
     /// result in place (what they held before is left for it to overwrite).
     pub fn resize(&mut self, n: usize) {
+        // Steps belong to the chunks they were derived from: none until `fill_steps` again.
+        self.steps.clear();
+        self.block_sums.clear();
         self.q.resize(n, [[0; 64]; 2]);
         self.neg_sums.resize(n, Lanes16::default());
         self.d.resize(CHUNK_BLOCKS * n, 0.0);
@@ -714,6 +912,123 @@ mod tests {
         assert!(
             (total - want).abs() <= 1e-4 * want.abs().max(1.0),
             "{total} vs {want}"
+        );
+    }
+
+    /// Four random `Q5_0` rows of `cols` weights, packed by [`pack_rows`] (one group).
+    fn four_q5_0_rows(cols: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let rb = GgmlType::Q5_0.row_bytes(cols as u64).unwrap() as usize;
+        let mut rows = vec![0u8; QUAD_ROWS * rb];
+        quantize_row(GgmlType::Q5_0, &random(QUAD_ROWS * cols, seed), &mut rows);
+        let mut packed = vec![0u8; rows.len()];
+        assert!(pack_rows(GgmlType::Q5_0, rb, &rows, &mut packed));
+        (rows, packed)
+    }
+
+    /// Every weight of a quad is where [`QuadQ5_0`]'s docs put it: read back from there, it
+    /// equals the dequantized original.
+    #[test]
+    fn quad_fields_follow_the_documented_order() {
+        let cols = 256;
+        let (rows, packed) = four_q5_0_rows(cols, 31);
+        let mut deq = vec![0f32; rows.len() / 22 * 32];
+        crate::dequant::dequantize_row(GgmlType::Q5_0, &rows, &mut deq);
+        let quads = as_chunks::<QuadQ5_0>(&packed).unwrap();
+        assert_eq!(quads.len(), cols / CHUNK_LEN);
+        let mut fifths = 0;
+        for (j, quad) in quads.iter().enumerate() {
+            for s in 0..8 {
+                let bits = u64::from_le_bytes(quad.qh[s]);
+                for p in 0..64 {
+                    let (r, b, e) = (p / 16, (p / 4) % 4, p % 4);
+                    let nibble = (quad.qs[s / 2][p] >> (4 * (s % 2))) & 15;
+                    let fifth = ((bits >> p) & 1) as i32;
+                    fifths += fifth;
+                    let q = nibble as i32 | fifth << 4;
+                    let w = quad.d[4 * r + b].to_f32() * (q - QuadQ5_0::OFFSET) as f32;
+                    let at = r * cols + j * CHUNK_LEN + 32 * b + 4 * s + e;
+                    assert_eq!(w, deq[at], "quad {j} step {s} byte {p}");
+                }
+            }
+        }
+        assert!(
+            fifths > 50 && fifths < 4 * cols as i32 - 50,
+            "both fifth-bit values"
+        );
+    }
+
+    /// A shorter last group keeps chunks: five rows are one quad group, then one row alone.
+    #[test]
+    fn only_whole_groups_of_four_q5_0_rows_become_quads() {
+        let cols = 128;
+        let rb = GgmlType::Q5_0.row_bytes(cols as u64).unwrap() as usize;
+        let mut rows = vec![0u8; 5 * rb];
+        quantize_row(GgmlType::Q5_0, &random(5 * cols, 41), &mut rows);
+        let mut packed = vec![0u8; rows.len()];
+        assert!(pack_rows(GgmlType::Q5_0, rb, &rows, &mut packed));
+        let mut quad = vec![0u8; 4 * rb];
+        assert!(pack_rows(GgmlType::Q5_0, rb, &rows[..4 * rb], &mut quad));
+        assert_eq!(&packed[..4 * rb], &quad[..]);
+        assert_eq!(
+            as_chunks::<QuadQ5_0>(&quad).unwrap()[0],
+            QuadQ5_0::pack(&as_blocks::<BlockQ5_0>(&rows[..4 * rb]).unwrap()[..16])
+        );
+        let alone = ChunkQ5_0::pack(&as_blocks::<BlockQ5_0>(&rows[4 * rb..]).unwrap()[..4]);
+        assert_eq!(as_chunks::<ChunkQ5_0>(&packed[4 * rb..]).unwrap()[0], alone);
+    }
+
+    /// The steps hold what their docs say, and a quad's dot through them (scalar) matches the
+    /// reference row by row; new chunks drop the steps until they are derived again.
+    #[test]
+    fn steps_carry_each_block_and_give_the_quads_their_dots() {
+        let cols = 256;
+        let xf = random(cols, 17);
+        let mut xq = vec![BlockQ8x32::default(); cols / 32];
+        crate::act::quantize_activations(&xf, &mut xq);
+        let mut a = ActChunks::default();
+        a.fill(&xq);
+        assert!(a.steps.is_empty(), "no steps before fill_steps");
+        a.fill_steps();
+        for (c, (steps, sums)) in a.steps.iter().zip(&a.block_sums).enumerate() {
+            for (s, step) in steps.iter().enumerate() {
+                for (p, &v) in step.iter().enumerate() {
+                    let (b, e) = ((p / 4) % 4, p % 4);
+                    assert_eq!(v, xq[4 * c + b].qs[4 * s + e], "chunk {c} step {s}");
+                }
+            }
+            for (l, &v) in sums.0.iter().enumerate() {
+                assert_eq!(v, -xq[4 * c + l % 4].sum, "chunk {c} lane {l}");
+            }
+        }
+        let (rows, packed) = four_q5_0_rows(cols, 9);
+        let rb = rows.len() / QUAD_ROWS;
+        let mut total = [0f32; QUAD_ROWS];
+        for (c, quad) in as_chunks::<QuadQ5_0>(&packed).unwrap().iter().enumerate() {
+            let mut lanes = a.block_sums[c].0.map(|v| v * QuadQ5_0::OFFSET);
+            for s in 0..8 {
+                let bits = u64::from_le_bytes(quad.qh[s]);
+                for p in 0..64 {
+                    let nibble = (quad.qs[s / 2][p] >> (4 * (s % 2))) & 15;
+                    let q = nibble as i32 | (((bits >> p) & 1) as i32) << 4;
+                    lanes[p / 4] += q * a.steps[c][s][p] as i32;
+                }
+            }
+            for (l, &v) in lanes.iter().enumerate() {
+                let (r, b) = (l / 4, l % 4);
+                total[r] += quad.d[l].to_f32() * a.d[4 * c + b] * v as f32;
+            }
+        }
+        for (r, &got) in total.iter().enumerate() {
+            let want = vec_dot_q8(GgmlType::Q5_0, &rows[r * rb..(r + 1) * rb], &xq);
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {r}: {got} vs {want}"
+            );
+        }
+        a.fill(&xq);
+        assert!(
+            a.steps.is_empty() && a.block_sums.is_empty(),
+            "stale steps dropped"
         );
     }
 }

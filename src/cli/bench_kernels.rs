@@ -108,6 +108,7 @@ fn activations(kernels: &Kernels, cols: usize) -> ActChunks {
         .collect();
     let mut acts = ActChunks::default();
     kernels.quantize_chunks(&x, &mut acts);
+    acts.fill_steps();
     acts.fill_q8k(&x);
     acts
 }

@@ -333,10 +333,12 @@ impl Kernels {
     /// Dot products of `out.len()` chunked weight rows (see [`has_chunks`](Self::has_chunks)),
     /// packed by `chunks::pack_rows` from a group boundary (rows after the last whole group
     /// make a shorter one), with one token's activations in chunk order: `out[r]` for row `r`.
+    /// `Q5_0` rows in whole groups of four (`chunks::QuadQ5_0`) take the activations' steps
+    /// too (`ActChunks::fill_steps`, after the chunks are filled).
     ///
     /// # Panics
     /// If this path has no chunk kernel for `ty`, `w` is not `out.len()` rows of whole chunks,
-    /// or a row is longer than the activations.
+    /// a row is longer than the activations, or quads meet activations without steps.
     #[inline]
     pub fn dot_chunks(&self, ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]

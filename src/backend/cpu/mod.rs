@@ -458,6 +458,16 @@ impl Backend for CpuBackend {
         if chunks_ready && !chunks_direct {
             self.act_chunks.fill(&self.act_q8[..cols / QK32]);
         }
+        // Chunked Q5_0 rows come in quads (`chunks::QuadQ5_0`), which take the activations in
+        // steps as well.
+        let quads = chunks_ready
+            && jobs.iter().any(|j| {
+                let w = self.weight(j.weight);
+                w.is_chunked() && w.ty == GgmlType::Q5_0
+            });
+        if quads {
+            self.act_chunks.fill_steps();
+        }
         if q8k_ready {
             // ggml's quantizer, as its K-quant dots use.
             let kernels = self.kernels;
