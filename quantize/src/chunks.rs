@@ -660,8 +660,14 @@ impl ActChunks {
         let out = self.steps.iter_mut().zip(&mut self.block_sums);
         for ((q, lanes), (steps, sums)) in chunks.zip(out) {
             for (s, step) in steps.iter_mut().enumerate() {
-                let lane: [i8; 16] =
-                    std::array::from_fn(|i| q[s / 4][16 * (i / 4) + 4 * (s % 4) + i % 4]);
+                // Whole words: block b's four bytes are i32 lane b of the 16-byte pattern.
+                let words = q[s / 4].as_chunks::<16>().0;
+                let lane = words.iter().enumerate().fold(0u128, |lane, (b, block)| {
+                    let at = 4 * (s % 4);
+                    let four = [block[at], block[at + 1], block[at + 2], block[at + 3]];
+                    lane | (u32::from_le_bytes(four.map(|v| v as u8)) as u128) << (32 * b)
+                });
+                let lane = lane.to_le_bytes().map(|v| v as i8);
                 for r in step.as_chunks_mut::<16>().0 {
                     *r = lane;
                 }
