@@ -44,7 +44,8 @@ pub struct ChunkQ4_0 {
 /// Four `Q5_0` blocks: `qs` as in [`ChunkQ4_0`]; the fifth bits in two little-endian words,
 /// the one of the low-half weight `p` (block `p / 16`, element `p % 16`) where
 /// [`q5_bit`]`(0, p)` says, of the high-half weight `p` (element `16 + p % 16`) where
-/// `q5_bit(1, p)` says.
+/// `q5_bit(1, p)` says. Only groups shorter than four rows are packed so: whole groups of four
+/// are [`QuadQ5_0`]s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkQ5_0 {
@@ -53,11 +54,14 @@ pub struct ChunkQ5_0 {
     pub qs: [u8; 64],
 }
 
-/// Rows in a [`QuadQ5_0`]: a whole group of [`pack_rows`].
+/// Rows in a [`QuadQ5_0`]: a whole group of [`pack_rows`], the largest there is (so a run of
+/// this many rows is always a whole group).
 pub const QUAD_ROWS: usize = 4;
+const _: () = assert!(QUAD_ROWS == ROW_GROUP);
 
 /// Chunk `j` of four `Q5_0` rows, which is how a whole group of four `Q5_0` rows is packed
-/// ([`pack_rows`]; a shorter last group keeps [`ChunkQ5_0`]s). The 512 weights go in 8 steps
+/// ([`pack_rows`]; shorter groups, the last rows of a matrix or long rows that go in twos or
+/// alone, keep [`ChunkQ5_0`]s). The 512 weights go in 8 steps
 /// of 64: step `s` holds elements `4s..4s+4` of the 16 (row, block) pairs, byte `16r + 4b + e`
 /// being element `4s + e` of row `r`'s block `b`. Its low four bits are in the low nibbles of
 /// `qs[s / 2]` for even `s` and in the high nibbles for odd `s`; its fifth bit is bit
@@ -79,9 +83,11 @@ pub struct QuadQ5_0 {
 }
 
 // SAFETY: repr(C) struct of u8 arrays and LeF16 only; the size is checked below.
+// Unlike the other chunks', its source blocks come from four rows (row `r`'s block `b` is
+// source block `4r + b`), so only `pack_rows`' own quad path gathers them, never
+// `convert_rows`.
 unsafe impl Chunk for QuadQ5_0 {
     type Src = BlockQ5_0;
-    /// Row `r`'s block `b` is source block `4r + b`.
     const SRC_BLOCKS: usize = 16;
     const OFFSET: i32 = 16;
     fn pack(src: &[BlockQ5_0]) -> Self {
@@ -215,8 +221,9 @@ unsafe impl Chunk for ChunkQ4_0 {
 /// broadcasts the 16 bytes to every 128-bit lane (so 64-bit lane `k` holds word `k % 2`) and
 /// rotates lane `k` right by `4h + k / 2`; then bit 4 of every byte `p` is the fifth bit of
 /// weight `p`, ready to be OR-ed onto its nibble in one bitwise op, with one load for both
-/// halves. (With the bits in weight order a kernel goes through mask registers, which stream a
-/// third slower on AMD Zen 4.)
+/// halves. (With the bits in weight order a per-row kernel goes through mask registers, which
+/// streamed a third slower on AMD Zen 4 for these chunks; [`QuadQ5_0`], which shares its
+/// scale work among four rows, takes its fifth bits that way.)
 pub const fn q5_bit(h: usize, p: usize) -> (usize, u32) {
     (
         (p / 8) % 2,
@@ -441,7 +448,8 @@ pub fn group_start(row_bytes: usize, r: usize) -> usize {
 
 /// Packs whole rows of `row_bytes` bytes in the GGUF layout (`src`, starting at a group
 /// boundary) into chunks (`dst`, as long): rows go in groups of [`group_rows`], each one run
-/// whose chunks alternate (chunk `j` of each of the group's rows in turn, then chunk `j + 1`),
+/// whose chunks alternate (chunk `j` of each of the group's rows in turn, then chunk `j + 1`;
+/// for a whole group of four `Q5_0` rows, their chunks `j` merged into one [`QuadQ5_0`]),
 /// so a kernel decoding the group's rows at once reads one sequential stream; the last rows
 /// (fewer than a group) make one shorter group. Why groups and not separate rows: two
 /// streams a row apart read from memory at half the speed of one here (the prefetchers see
@@ -496,6 +504,7 @@ fn convert_q5_0_rows(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bo
         return convert_rows::<ChunkQ5_0>(row_bytes, src, dst, to_chunks);
     }
     if src.len() != dst.len()
+        || row_bytes == 0
         || !row_bytes.is_multiple_of(size_of::<ChunkQ5_0>())
         || !src.len().is_multiple_of(row_bytes)
     {
@@ -613,9 +622,11 @@ pub struct ActChunks {
     /// Per chunk, for [`QuadQ5_0`] rows ([`fill_steps`](Self::fill_steps)): step `s`'s
     /// activations, i32 lane `4r + b` holding block `b`'s elements `4s..4s+4` (the same 16
     /// bytes in each 128-bit lane `r`: a plain load, where a broadcast one costs a shuffle).
-    pub steps: Vec<[[i8; 64]; 8]>,
+    steps: Vec<[[i8; 64]; 8]>,
     /// Per chunk, with `steps`: lane `4r + b` holds `-Σq` over block `b`.
-    pub block_sums: Vec<Lanes16>,
+    block_sums: Vec<Lanes16>,
+    /// Whether `steps` and `block_sums` were derived from the chunks held now.
+    steps_ready: bool,
     q8k: Vec<u8>,
 }
 
@@ -654,6 +665,7 @@ impl ActChunks {
     /// come).
     pub fn fill_steps(&mut self) {
         let n = self.q.len();
+        self.steps_ready = true;
         self.steps.resize(n, [[0; 64]; 8]);
         self.block_sums.resize(n, Lanes16::default());
         let chunks = self.q.iter().zip(&self.neg_sums);
@@ -677,12 +689,19 @@ impl ActChunks {
         }
     }
 
+    /// The steps and block sums per chunk ([`fill_steps`](Self::fill_steps)), or `None` if
+    /// they were not derived from the chunks held now.
+    #[allow(clippy::type_complexity)]
+    pub fn steps(&self) -> Option<(&[[[i8; 64]; 8]], &[Lanes16])> {
+        self.steps_ready
+            .then_some((self.steps.as_slice(), self.block_sums.as_slice()))
+    }
+
     /// Sizes the buffers for `n` chunks, for a quantizer that writes [`fill`](Self::fill)'s
     /// result in place (what they held before is left for it to overwrite).
     pub fn resize(&mut self, n: usize) {
         // Steps belong to the chunks they were derived from: none until `fill_steps` again.
-        self.steps.clear();
-        self.block_sums.clear();
+        self.steps_ready = false;
         self.q.resize(n, [[0; 64]; 2]);
         self.neg_sums.resize(n, Lanes16::default());
         self.d.resize(CHUNK_BLOCKS * n, 0.0);
@@ -767,6 +786,10 @@ mod tests {
         assert!(!pack_rows(GgmlType::Q4_0, 18, &[0; 72], &mut dst));
         assert!(!pack_rows(GgmlType::Q4_0, 72, &[0; 36], &mut dst[..36]));
         assert!(!supports(GgmlType::Q5_0, 96) && supports(GgmlType::Q5_0, 896));
+        assert!(
+            !pack_rows(GgmlType::Q5_0, 0, &[], &mut []),
+            "rows of no bytes"
+        );
     }
 
     #[test]
@@ -993,7 +1016,7 @@ mod tests {
         crate::act::quantize_activations(&xf, &mut xq);
         let mut a = ActChunks::default();
         a.fill(&xq);
-        assert!(a.steps.is_empty(), "no steps before fill_steps");
+        assert!(a.steps().is_none(), "no steps before fill_steps");
         a.fill_steps();
         for (c, (steps, sums)) in a.steps.iter().zip(&a.block_sums).enumerate() {
             for (s, step) in steps.iter().enumerate() {
@@ -1032,9 +1055,6 @@ mod tests {
             );
         }
         a.fill(&xq);
-        assert!(
-            a.steps.is_empty() && a.block_sums.is_empty(),
-            "stale steps dropped"
-        );
+        assert!(a.steps().is_none(), "stale steps dropped");
     }
 }

@@ -463,7 +463,10 @@ impl Backend for CpuBackend {
         let quads = chunks_ready
             && jobs.iter().any(|j| {
                 let w = self.weight(j.weight);
-                w.is_chunked() && w.ty == GgmlType::Q5_0
+                w.is_chunked()
+                    && w.ty == GgmlType::Q5_0
+                    && w.rows >= chunks::QUAD_ROWS
+                    && chunks::group_rows(w.row_bytes) == chunks::QUAD_ROWS
             });
         if quads {
             self.act_chunks.fill_steps();

@@ -33,8 +33,8 @@ use marco_quantize::GgmlType;
 
 /// `out[r] = dot(row r, x)` for `out.len()` chunked rows of type `ty` in `w`, starting at a
 /// group boundary (see `Kernels::dot_chunks`); the rows after the last whole group are one
-/// shorter group. `None` for types without chunks, rows that are not whole chunks, or rows
-/// longer than the activations.
+/// shorter group. `None` for types without chunks, rows that are not whole chunks, rows
+/// longer than the activations, or `Q5_0` quads against activations without their steps.
 ///
 /// Why a call per run of rows rather than per row: most decode rows are short (896 weights
 /// of Q5_0 are 616 bytes, ten cache lines), and a call, a type dispatch and a horizontal
@@ -140,7 +140,8 @@ fn q5_0_halves(c: &ChunkQ5_0) -> (__m512i, __m512i) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q5_0_quads(w: &[QuadQ5_0], x: &ActChunks) -> Option<[__m512; ROW_GROUP]> {
     let n = w.len();
-    let (steps, sums) = (x.steps.get(..n)?, x.block_sums.get(..n)?);
+    let (steps, sums) = x.steps()?;
+    let (steps, sums) = (steps.get(..n)?, sums.get(..n)?);
     let xd = x.d.get(..4 * n)?.as_chunks::<4>().0;
     let low4 = _mm512_set1_epi8(0x0F);
     // Hidden from the optimizer: knowing it is 16, which the nibbles lack, it turns each
@@ -180,8 +181,9 @@ fn widen<const R: usize>(a: [__m512; R]) -> [__m512; ROW_GROUP] {
     std::array::from_fn(|r| a.get(r).copied().unwrap_or(_mm512_setzero_ps()))
 }
 
-/// Runs `accs` over each group of rows (`n·row_bytes` of alternating chunks `C`, `n` rows:
-/// `chunks::group_rows`, or fewer in a last group), 16 rows to a reduction. `accs(chunks, n)`
+/// Runs `accs` over each group of rows (`n·row_bytes` of alternating chunks `C`, or for a
+/// whole group of `Q5_0` rows their quads in the same bytes; `n` rows: `chunks::group_rows`,
+/// or fewer in a last group), 16 rows to a reduction. `accs(chunks, n)`
 /// gives one accumulator per row (its lanes sum to the row's dot product), zeros after the
 /// `n`th.
 #[inline]
