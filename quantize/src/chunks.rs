@@ -479,16 +479,7 @@ pub fn unpack_rows(ty: GgmlType, row_bytes: usize, src: &[u8], dst: &mut [u8]) -
 }
 
 fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
-    if src.len() != dst.len()
-        || row_bytes == 0
-        || !row_bytes.is_multiple_of(size_of::<C>())
-        || !src.len().is_multiple_of(row_bytes)
-    {
-        return false;
-    }
-    let group = group_rows(row_bytes) * row_bytes;
-    src.chunks(group).zip(dst.chunks_mut(group)).all(|(s, d)| {
-        let rows = s.len() / row_bytes;
+    convert_groups(row_bytes, size_of::<C>(), src, dst, |s, d, rows| {
         if to_chunks {
             pack_group::<C>(s, d, rows)
         } else {
@@ -497,35 +488,50 @@ fn convert_rows<C: Chunk>(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunk
     })
 }
 
-/// [`convert_rows`] for `Q5_0`: whole groups of four rows as [`QuadQ5_0`]s, a shorter
-/// group (the last, or any where long rows make the groups smaller) as [`ChunkQ5_0`]s.
-fn convert_q5_0_rows(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
-    if group_rows(row_bytes) != QUAD_ROWS {
-        return convert_rows::<ChunkQ5_0>(row_bytes, src, dst, to_chunks);
-    }
+/// Checks the lengths (whole rows of whole chunks of `chunk_bytes`) and hands each group of
+/// [`group_rows`] rows, or the shorter last one, to `convert(src, dst, rows)`.
+fn convert_groups(
+    row_bytes: usize,
+    chunk_bytes: usize,
+    src: &[u8],
+    dst: &mut [u8],
+    mut convert: impl FnMut(&[u8], &mut [u8], usize) -> bool,
+) -> bool {
     if src.len() != dst.len()
         || row_bytes == 0
-        || !row_bytes.is_multiple_of(size_of::<ChunkQ5_0>())
+        || !row_bytes.is_multiple_of(chunk_bytes)
         || !src.len().is_multiple_of(row_bytes)
     {
         return false;
     }
-    let group = QUAD_ROWS * row_bytes;
-    src.chunks(group).zip(dst.chunks_mut(group)).all(|(s, d)| {
-        if s.len() < group {
-            let rows = s.len() / row_bytes;
-            return if to_chunks {
-                pack_group::<ChunkQ5_0>(s, d, rows)
-            } else {
-                unpack_group::<ChunkQ5_0>(s, d, rows)
-            };
-        }
-        if to_chunks {
-            pack_quads(s, d)
-        } else {
-            unpack_quads(s, d)
-        }
-    })
+    let group = group_rows(row_bytes) * row_bytes;
+    src.chunks(group)
+        .zip(dst.chunks_mut(group))
+        .all(|(s, d)| convert(s, d, s.len() / row_bytes))
+}
+
+/// Whether a group of `rows` rows of type `ty`, `row_bytes` each, is packed as [`QuadQ5_0`]s:
+/// whole groups of four `Q5_0` rows (a group has four rows only where [`group_rows`] says
+/// four).
+pub fn is_quad_group(ty: GgmlType, row_bytes: usize, rows: usize) -> bool {
+    ty == GgmlType::Q5_0 && rows == QUAD_ROWS && group_rows(row_bytes) == QUAD_ROWS
+}
+
+/// [`convert_rows`] for `Q5_0`: whole groups of four rows as [`QuadQ5_0`]s, a shorter
+/// group (the last, or any where long rows make the groups smaller) as [`ChunkQ5_0`]s.
+fn convert_q5_0_rows(row_bytes: usize, src: &[u8], dst: &mut [u8], to_chunks: bool) -> bool {
+    convert_groups(
+        row_bytes,
+        size_of::<ChunkQ5_0>(),
+        src,
+        dst,
+        |s, d, rows| match (is_quad_group(GgmlType::Q5_0, row_bytes, rows), to_chunks) {
+            (true, true) => pack_quads(s, d),
+            (true, false) => unpack_quads(s, d),
+            (false, true) => pack_group::<ChunkQ5_0>(s, d, rows),
+            (false, false) => unpack_group::<ChunkQ5_0>(s, d, rows),
+        },
+    )
 }
 
 /// Source block `4r + b` of quad `j`: row `r`'s block `4j + b`, in rows of `per_row` quads.

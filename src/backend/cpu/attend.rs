@@ -105,7 +105,14 @@ pub struct Head<'a> {
     pub scale: f32,
 }
 
-impl Head<'_> {
+impl<'a> Head<'a> {
+    /// The value rows (`head_dim` floats each) of the first `n` positions of block `b`.
+    #[inline(always)]
+    fn value_rows(&self, b: usize, n: usize) -> &'a [f32] {
+        let hd = self.q.len();
+        &self.kv[b * self.stride + BLOCK * hd..][..n * hd]
+    }
+
     /// Whether the head's tiles of the blocks up to position `n_ctx - 1` lie inside `kv`,
     /// apart from one another.
     pub fn fits(&self) -> bool {
@@ -186,7 +193,7 @@ fn qk_block<const N: usize>(h: &Head, b: usize, first: usize, scores: &mut [f32]
 fn weighted_values<const HD: usize>(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
     let mut acc = [0.0f32; HD];
     for (b, probs) in scores.chunks(BLOCK).enumerate() {
-        let rows = &h.kv[b * h.stride + BLOCK * HD..][..probs.len() * HD];
+        let rows = h.value_rows(b, probs.len());
         // Rows as arrays: with slices of unknown length the loop stays scalar.
         for (vr, &p) in rows.as_chunks::<HD>().0.iter().zip(probs) {
             for (a, &x) in acc.iter_mut().zip(vr) {
@@ -208,8 +215,7 @@ fn weighted_values_any(h: &Head, scores: &[f32], inv: f32, out: &mut [f32]) {
         return;
     }
     for (b, probs) in scores.chunks(BLOCK).enumerate() {
-        let rows = &h.kv[b * h.stride + BLOCK * hd..][..probs.len() * hd];
-        for (vr, &p) in rows.chunks_exact(hd).zip(probs) {
+        for (vr, &p) in h.value_rows(b, probs.len()).chunks_exact(hd).zip(probs) {
             for (o, &x) in out.iter_mut().zip(vr) {
                 *o += p * x;
             }

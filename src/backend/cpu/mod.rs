@@ -463,10 +463,8 @@ impl Backend for CpuBackend {
         let quads = chunks_ready
             && jobs.iter().any(|j| {
                 let w = self.weight(j.weight);
-                w.is_chunked()
-                    && w.ty == GgmlType::Q5_0
-                    && w.rows >= chunks::QUAD_ROWS
-                    && chunks::group_rows(w.row_bytes) == chunks::QUAD_ROWS
+                let first_group = w.rows.min(chunks::group_rows(w.row_bytes));
+                w.is_chunked() && chunks::is_quad_group(w.ty, w.row_bytes, first_group)
             });
         if quads {
             self.act_chunks.fill_steps();

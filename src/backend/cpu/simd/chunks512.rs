@@ -22,8 +22,8 @@
 use std::arch::x86_64::*;
 
 use marco_quantize::chunks::{
-    as_chunks, as_quads, group_rows, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0, ChunkQ5_0, ChunkQ8_0,
-    QuadQ5_0, QUAD_ROWS, ROW_GROUP,
+    as_chunks, as_quads, group_rows, is_quad_group, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0,
+    ChunkQ5_0, ChunkQ8_0, QuadQ5_0, ROW_GROUP,
 };
 
 use super::avx2::{bytes_to_ps, f16_to_f32, load_ps};
@@ -54,7 +54,7 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
         GgmlType::Q4_0 => legacy::<ChunkQ4_0>(w, row_bytes, x, out, |c| nibbles(&c.qs)),
         // Whole groups of four rows are quads (`chunks::pack_rows`), shorter ones chunks.
         GgmlType::Q5_0 => rows::<ChunkQ5_0>(w, row_bytes, out, |r, n| match n {
-            QUAD_ROWS => q5_0_quads(as_quads(r)?, x),
+            n if is_quad_group(ty, row_bytes, n) => q5_0_quads(as_quads(r)?, x),
             3 => legacy_rows::<ChunkQ5_0, 3>(r, x, &|c| q5_0_halves(c)).map(|a| widen(a)),
             2 => legacy_rows::<ChunkQ5_0, 2>(r, x, &|c| q5_0_halves(c)).map(|a| widen(a)),
             _ => legacy_rows::<ChunkQ5_0, 1>(r, x, &|c| q5_0_halves(c)).map(|a| widen(a)),
