@@ -130,7 +130,7 @@ fn prepared_matmul_weights_give_the_same_products() {
         (&model, "blk.0.attn_v.weight", &inputs_896), // Q8_0
         (&small, "w4", &small),                       // Q4_0
         (&model, &down_q4k, &inputs_4864),            // Q4_K
-        (&model, &down_q6k, &inputs_4864),            // Q6_K: blocks grouped as they are
+        (&model, &down_q6k, &inputs_4864),            // Q6_K: super-blocks in steps
     ];
     let mut chunked = 0;
     for k in kernel_sets() {

@@ -315,7 +315,7 @@ fn dot_chunk_run(
     buf
 }
 
-/// `Q6_K` chunk rows (super-blocks grouped as they are) against `Q8_K` activations: runs of
+/// `Q6_K` chunk rows (super-blocks in steps) against `Q8_K` activations in steps: runs of
 /// rows in one call, each output against the reference on its own row.
 #[test]
 fn q6_k_chunk_runs_match_reference() {

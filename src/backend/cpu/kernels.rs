@@ -323,7 +323,7 @@ impl Kernels {
     }
 
     /// Whether this path decodes rows of `cols` weights of type `ty` from chunks in groups of
-    /// rows (`marco_quantize::chunks`: four-block chunks, or `Q6_K` super-blocks as they are):
+    /// rows (`marco_quantize::chunks`: four-block chunks, or `Q6_K` super-blocks in steps):
     /// then the backend repacks those weights once at load and one-token products go through
     /// [`dot_chunks`](Self::dot_chunks).
     pub fn has_chunks(&self, ty: GgmlType, cols: usize) -> bool {

@@ -1,6 +1,6 @@
 //! AVX-512 VNNI decode kernels over four-block chunks (`marco_quantize::chunks`): weight rows
-//! against one token, a group of up to four rows at a time. (`Q6_K` rows, super-blocks as
-//! they are, go against `Q8_K` activations, in groups as well: [`q6_k`].)
+//! against one token, a group of up to four rows at a time. (`Q6_K` rows, super-blocks in
+//! steps, go against `Q8_K` activations in the same steps, in groups as well: [`q6_k`].)
 //!
 //! Per chunk (128 weights): two `vpdpbusd` over the low and high halves leave block `b`'s
 //! integer sum spread over the four i32 lanes of 128-bit lane `b`; one conversion and one FMA
@@ -23,12 +23,11 @@ use std::arch::x86_64::*;
 
 use marco_quantize::chunks::{
     as_chunks, as_quads, group_rows, is_quad_group, ActChunks, Chunk, ChunkQ4K, ChunkQ4_0,
-    ChunkQ5_0, ChunkQ8_0, QuadQ5_0, ROW_GROUP,
+    ChunkQ5_0, ChunkQ8_0, Q8KSteps, QuadQ5_0, StepsQ6K, ROW_GROUP,
 };
 
 use super::avx2::{bytes_to_ps, f16_to_f32, load_ps};
 use super::k4_scales_mins;
-use marco_quantize::blocks::{BlockQ6K, BlockQ8K};
 use marco_quantize::GgmlType;
 
 /// `out[r] = dot(row r, x)` for `out.len()` chunked rows of type `ty` in `w`, starting at a
@@ -68,8 +67,8 @@ pub fn dot_chunks(ty: GgmlType, w: &[u8], x: &ActChunks, out: &mut [f32]) -> Opt
             2 => q4_k::<2>(r, x).map(|a| widen(a)),
             _ => q4_k::<1>(r, x).map(|a| widen(a)),
         }),
-        GgmlType::Q6_K => rows::<BlockQ6K>(w, row_bytes, out, |r, n| {
-            let x = x.q8k();
+        GgmlType::Q6_K => rows::<StepsQ6K>(w, row_bytes, out, |r, n| {
+            let x = x.q8k_steps();
             match n {
                 4 => q6_k::<4>(r, x),
                 3 => q6_k::<3>(r, x).map(|a| widen(a)),
@@ -433,106 +432,61 @@ fn scales2(a: marco_quantize::blocks::LeF16, b: marco_quantize::blocks::LeF16) -
     )
 }
 
-/// The accumulators of a group of `R` `Q6_K` rows (alternating super-blocks) against `Q8_K`
-/// activations, 64 weights to a register: each activation block is loaded once for the `R`
-/// rows. Per 64 weights: the 6-bit quants put together (low or high nibbles of 64 `ql` bytes,
-/// two bits of 32 `qh` bytes broadcast to both halves and shifted into place per half), one
-/// `vpmaddubsw` against the activations, and one `vpdpwssd` with the sub-block scales (one
-/// per 128-bit lane, `vpermw`). The quants' `-32` comes from the 16-value sums, as in
-/// `simd::q8k`. Why not the AVX2 kernel two rows at a time: per super-block it is about 90
-/// instructions, against about 35 here, and it bounded these rows at ~30 GB/s from L2 (one
-/// thread), close to the memory's speed, so they streamed slower than the other types.
+/// The accumulators of a group of `R` `Q6_K` rows (alternating super-blocks in steps,
+/// `chunks::StepsQ6K`) against `Q8_K` activations in the same steps (`chunks::Q8KSteps`), each
+/// loaded once for the `R` rows. Per super-block and row: four `vpdpbusd`, one per step of 64
+/// quants, leave i32 lane `l` with sub-block `l`'s integer dot, the quants' offset of 32 taken
+/// out by the start (`-32·Σx` per sub-block); one multiply by the sixteen sub-block scales, one
+/// conversion and one FMA with `d·d_x` add the super-block.
+///
+/// The products stay exact in i32: a lane's dot is at most 16·63·128 + 32·16·128 < 2^18 in
+/// size, times a scale of at most 128.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q6_k<const R: usize>(w: &[BlockQ6K], x: &[BlockQ8K]) -> Option<[__m512; R]> {
+fn q6_k<const R: usize>(w: &[StepsQ6K], x: &[Q8KSteps]) -> Option<[__m512; R]> {
     let n = w.len() / R;
     let mut acc = [_mm512_setzero_ps(); R];
     let groups = w.as_chunks::<R>().0;
-    for (group, xb) in groups.iter().zip(x.get(..n)?) {
-        let xq = xb.qs.as_chunks::<64>().0;
-        let xq: [__m512i; 4] = std::array::from_fn(|g| load512(&xq[g]));
-        // SAFETY: `bsums` is 32 readable bytes and the load is unaligned.
-        let bsums = unsafe { _mm256_loadu_si256(xb.bsums.as_ptr().cast()) };
-        let dx = xb.d();
+    for (group, xs) in groups.iter().zip(x.get(..n)?) {
+        let xq: [__m512i; 4] = std::array::from_fn(|s| load512(&xs.q[s]));
+        // SAFETY: `start` is 64 readable bytes and the load is unaligned.
+        let start = unsafe { _mm512_loadu_si512(xs.start.0.as_ptr().cast()) };
         for (acc, b) in acc.iter_mut().zip(group) {
-            let sumi = q6_sumi512(b, &xq, bsums);
-            let scale = _mm512_set1_ps(f16_to_f32(b.d) * dx);
-            *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sumi), *acc);
+            let q = q6k_steps(b);
+            let s = (0..4).fold(start, |s, k| _mm512_dpbusd_epi32(s, q[k], xq[k]));
+            // SAFETY: `scales` is 16 readable bytes and the load is unaligned.
+            let sc = unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) };
+            let p = _mm512_mullo_epi32(s, _mm512_cvtepi8_epi32(sc));
+            let scale = _mm512_set1_ps(f16_to_f32(b.d) * xs.d);
+            *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(p), *acc);
         }
     }
     Some(acc)
 }
 
-/// A `Q6_K` super-block's integer dot with a `Q8_K` block's quants `xq` (64 to a register)
-/// and 16-value sums `bsums`, spread over 16 i32 lanes.
+/// A `Q6_K` super-block's four steps of quants (0..64) as bytes: steps 0-2 the low six bits
+/// of `q[s]`, step 3 put together from their top two bits (bits 4-5 from `q[0]`, 2-3 from
+/// `q[1]`, 0-1 from `q[2]`). The 16-bit shifts move bits across bytes; each select or mask
+/// keeps only bits that came from the right byte.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q6_sumi512(b: &BlockQ6K, xq: &[__m512i; 4], bsums: __m256i) -> __m512i {
-    // SAFETY: `scales` is 16 readable bytes and the load is unaligned.
-    let sc16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(b.scales.as_ptr().cast()) });
-    // Offset: -32 · Σ_j sc_j · bsum_j, in the low eight lanes.
-    let off = _mm256_madd_epi16(sc16, bsums);
-    let start = _mm256_slli_epi32::<5>(_mm256_sub_epi32(_mm256_setzero_si256(), off));
-    let mut sumi = _mm512_zextsi256_si512(start);
-    let sc16 = _mm512_castsi256_si512(sc16);
-    let low4 = _mm512_set1_epi8(0x0F);
-    let ql = b.ql.as_chunks::<64>().0;
-    let qh = b.qh.as_chunks::<32>().0;
-    for half in 0..2 {
-        let l = load512(&ql[half]);
-        // SAFETY: `qh[half]` is 32 readable bytes and the load is unaligned.
-        let h = unsafe { _mm256_loadu_si256(qh[half].as_ptr().cast()) };
-        let h = _mm512_broadcast_i64x4(h);
-        // Weights 128·half + 0..64: low nibbles; their top bits are bits 0-1 of qh (first
-        // 32) and 2-3 (next 32), moved to bits 4-5. Weights +64..128: high nibbles, bits 4-5
-        // and 6-7. (16-bit shifts: the 0x30 mask drops what crosses between bytes.)
-        let quants = [
-            (
-                _mm512_and_si512(l, low4),
-                _mm512_sllv_epi16(h, halves_of(4, 2)),
-            ),
-            (
-                _mm512_and_si512(_mm512_srli_epi16::<4>(l), low4),
-                _mm512_srlv_epi16(h, halves_of(0, 2)),
-            ),
-        ];
-        for (k, (nib, top)) in quants.into_iter().enumerate() {
-            let g = 2 * half + k;
-            // nib | (top & 0x30)
-            let q = _mm512_ternarylogic_epi32::<0xF8>(nib, top, _mm512_set1_epi8(0x30));
-            // |pair| ≤ 2·63·128: no saturation.
-            let p = _mm512_maddubs_epi16(q, xq[g]);
-            // 128-bit lane j: sub-block 4g + j's scale in every word.
-            let pick = _mm512_set_epi64(
-                SC_PICK[4 * g + 3],
-                SC_PICK[4 * g + 3],
-                SC_PICK[4 * g + 2],
-                SC_PICK[4 * g + 2],
-                SC_PICK[4 * g + 1],
-                SC_PICK[4 * g + 1],
-                SC_PICK[4 * g],
-                SC_PICK[4 * g],
-            );
-            sumi = _mm512_dpwssd_epi32(sumi, p, _mm512_permutexvar_epi16(pick, sc16));
-        }
-    }
-    sumi
+fn q6k_steps(b: &StepsQ6K) -> [__m512i; 4] {
+    let low6 = _mm512_set1_epi8(0x3F);
+    let top2 = _mm512_set1_epi8(0xC0u8 as i8);
+    let q: [__m512i; 3] = std::array::from_fn(|k| load512(&b.q[k]));
+    // `select(a, b)`: the top two bits of each byte from `b`, the rest from `a` (one
+    // `vpternlogd`).
+    let select = |a: __m512i, b: __m512i| {
+        _mm512_or_si512(_mm512_and_si512(b, top2), _mm512_andnot_si512(top2, a))
+    };
+    // Bits 6-7 of q[2] to bits 4-5, q[1]'s in at 6-7; both down two; q[0]'s in at 6-7; down two.
+    let t = select(_mm512_srli_epi16::<2>(q[2]), q[1]);
+    let t = select(_mm512_srli_epi16::<2>(t), q[0]);
+    let last = _mm512_and_si512(_mm512_srli_epi16::<2>(t), low6);
+    [
+        _mm512_and_si512(q[0], low6),
+        _mm512_and_si512(q[1], low6),
+        _mm512_and_si512(q[2], low6),
+        last,
+    ]
 }
-
-/// Every 16-bit word `lo` in the low 256 bits and `hi` in the high (shift counts).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn halves_of(lo: i16, hi: i16) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi))
-}
-
-/// Word index `j` in each of the four words of an i64: `vpermw` picks of sub-block scale `j`.
-const SC_PICK: [i64; 16] = {
-    let mut t = [0i64; 16];
-    let mut j = 0;
-    while j < 16 {
-        t[j] = (j as i64) * 0x0001_0001_0001_0001;
-        j += 1;
-    }
-    t
-};
