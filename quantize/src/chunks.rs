@@ -676,6 +676,30 @@ fn unpack_group<C: Chunk>(src: &[u8], dst: &mut [u8], rows: usize) -> bool {
     true
 }
 
+/// A value on cache lines of its own. Why: the kernels load activations 64 bytes at a time,
+/// and a load that straddles two lines takes two of L1's accesses; arrays of bytes come from
+/// the allocator 16-byte aligned, which put every such load across two lines (the default
+/// model's decoding, one thread: 1-2% of a token).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Aligned<T>(pub T);
+
+const _: () = assert!(align_of::<Aligned<[[i8; 64]; 2]>>() == 64);
+const _: () = assert!(size_of::<Aligned<[[i8; 64]; 8]>>() == 512, "no padding between steps");
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
 /// Sixteen i32 lanes on a cache line of their own, so the kernels load them in one piece.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default)]
@@ -694,14 +718,14 @@ pub struct Lanes16(pub [i32; 16]);
 /// ([`q8k_steps`](Self::q8k_steps)).
 #[derive(Default, Clone)]
 pub struct ActChunks {
-    pub q: Vec<[[i8; 64]; 2]>,
+    pub q: Vec<Aligned<[[i8; 64]; 2]>>,
     pub d: Vec<f32>,
     pub neg_sums: Vec<Lanes16>,
     pub dsum: Vec<f32>,
     /// Per chunk, for [`QuadQ5_0`] rows ([`fill_steps`](Self::fill_steps)): step `s`'s
     /// activations, i32 lane `4r + b` holding block `b`'s elements `4s..4s+4` (the same 16
     /// bytes in each 128-bit lane `r`: a plain load, where a broadcast one costs a shuffle).
-    steps: Vec<[[i8; 64]; 8]>,
+    steps: Vec<Aligned<[[i8; 64]; 8]>>,
     /// Per chunk, with `steps`: lane `4r + b` holds `-Σq` over block `b`.
     block_sums: Vec<Lanes16>,
     /// Whether `steps` and `block_sums` were derived from the chunks held now.
@@ -758,7 +782,7 @@ impl ActChunks {
                 q[0][16 * b..16 * b + 16].copy_from_slice(lo);
                 q[1][16 * b..16 * b + 16].copy_from_slice(hi);
             }
-            let [lo, hi] = &*q;
+            let [lo, hi] = &q.0;
             for (lane, (l, h)) in lanes
                 .0
                 .iter_mut()
@@ -780,7 +804,7 @@ impl ActChunks {
     pub fn fill_steps(&mut self) {
         let n = self.q.len();
         self.steps_ready = true;
-        self.steps.resize(n, [[0; 64]; 8]);
+        self.steps.resize(n, Aligned([[0; 64]; 8]));
         self.block_sums.resize(n, Lanes16::default());
         let chunks = self.q.iter().zip(&self.neg_sums);
         let out = self.steps.iter_mut().zip(&mut self.block_sums);
@@ -806,7 +830,7 @@ impl ActChunks {
     /// The steps and block sums per chunk ([`fill_steps`](Self::fill_steps)), or `None` if
     /// they were not derived from the chunks held now.
     #[allow(clippy::type_complexity)]
-    pub fn steps(&self) -> Option<(&[[[i8; 64]; 8]], &[Lanes16])> {
+    pub fn steps(&self) -> Option<(&[Aligned<[[i8; 64]; 8]>], &[Lanes16])> {
         self.steps_ready
             .then_some((self.steps.as_slice(), self.block_sums.as_slice()))
     }
@@ -816,7 +840,7 @@ impl ActChunks {
     pub fn resize(&mut self, n: usize) {
         // Steps belong to the chunks they were derived from: none until `fill_steps` again.
         self.steps_ready = false;
-        self.q.resize(n, [[0; 64]; 2]);
+        self.q.resize(n, Aligned([[0; 64]; 2]));
         self.neg_sums.resize(n, Lanes16::default());
         self.d.resize(CHUNK_BLOCKS * n, 0.0);
         self.dsum.resize(CHUNK_BLOCKS * n, 0.0);
