@@ -369,28 +369,41 @@ pub struct StepsQ6K {
 /// Steps in a [`StepsQ6K`] (and a [`Q8KSteps`]).
 pub const Q6K_STEPS: usize = 4;
 
-/// Element `i`'s 6-bit quant (0..64) of a GGUF `Q6_K` super-block: the low four bits in `ql`,
-/// the high two in `qh`, in ggml's order.
-fn q6k_quant(b: &BlockQ6K, i: usize) -> u8 {
-    let (half, quarter, l) = (i / 128, i % 128 / 32, i % 32);
-    let ql = b.ql[64 * half + 32 * (quarter % 2) + l];
-    let low = if quarter < 2 { ql & 0xF } else { ql >> 4 };
-    let high = (b.qh[32 * half + l] >> (2 * quarter)) & 3;
-    low | high << 4
+/// The 256 6-bit quants (0..64) of a GGUF `Q6_K` super-block in element order: the low four
+/// bits in `ql`, the high two in `qh`, in ggml's order (element `128h + 32c + l` takes its low
+/// bits from the low (`c` 0, 1) or high (`c` 2, 3) nibble of `ql[64h + 32·(c % 2) + l]` and
+/// its high bits from bits `2c..2c + 2` of `qh[32h + l]`). Loops over whole runs, which the
+/// compiler vectorizes: the prompt path unpacks these rows for every batch.
+fn q6k_decode(b: &BlockQ6K) -> [u8; 256] {
+    let mut q = [0u8; 256];
+    for h in 0..2 {
+        let (ql, qh) = (&b.ql[64 * h..64 * h + 64], &b.qh[32 * h..32 * h + 32]);
+        for c in 0..4 {
+            let out = &mut q[128 * h + 32 * c..128 * h + 32 * c + 32];
+            let low = &ql[32 * (c % 2)..32 * (c % 2) + 32];
+            for ((o, &l), &hi) in out.iter_mut().zip(low).zip(qh) {
+                let nibble = if c < 2 { l & 0xF } else { l >> 4 };
+                *o = nibble | ((hi >> (2 * c)) & 3) << 4;
+            }
+        }
+    }
+    q
 }
 
-/// Writes element `i`'s quant `q` into a GGUF `Q6_K` super-block (the inverse of
-/// [`q6k_quant`]).
-fn set_q6k_quant(b: &mut BlockQ6K, i: usize, q: u8) {
-    let (half, quarter, l) = (i / 128, i % 128 / 32, i % 32);
-    let ql = &mut b.ql[64 * half + 32 * (quarter % 2) + l];
-    *ql = if quarter < 2 {
-        (*ql & 0xF0) | (q & 0xF)
-    } else {
-        (*ql & 0x0F) | (q & 0xF) << 4
-    };
-    let qh = &mut b.qh[32 * half + l];
-    *qh = (*qh & !(3 << (2 * quarter))) | (q >> 4 & 3) << (2 * quarter);
+/// The inverse of [`q6k_decode`]: `q` (256 quants, element order) into `b`'s `ql` and `qh`.
+fn q6k_encode(q: &[u8; 256], b: &mut BlockQ6K) {
+    for h in 0..2 {
+        let q = &q[128 * h..128 * h + 128];
+        for half in 0..2 {
+            let ql = &mut b.ql[64 * h + 32 * half..64 * h + 32 * half + 32];
+            for (l, o) in ql.iter_mut().enumerate() {
+                *o = (q[32 * half + l] & 0xF) | (q[64 + 32 * half + l] & 0xF) << 4;
+            }
+        }
+        for (l, o) in b.qh[32 * h..32 * h + 32].iter_mut().enumerate() {
+            *o = (0..4).fold(0, |acc, c| acc | (q[32 * c + l] >> 4 & 3) << (2 * c));
+        }
+    }
 }
 
 /// Element of step `s`, byte `p` (see [`StepsQ6K`]).
@@ -406,16 +419,22 @@ unsafe impl Chunk for StepsQ6K {
     const OFFSET: i32 = 32;
     fn pack(b: &[BlockQ6K]) -> Self {
         let b = &b[0];
-        let mut q = [[0u8; 64]; 3];
-        for p in 0..64 {
-            let last = q6k_quant(b, q6k_step_element(3, p));
-            for (k, step) in q.iter_mut().enumerate() {
-                let top = (last >> (4 - 2 * k)) & 3;
-                step[p] = q6k_quant(b, q6k_step_element(k, p)) | top << 6;
+        let q = q6k_decode(b);
+        // Four bytes at a time: lane l of step s is elements 16l + 4s.. (q6k_step_element).
+        let word = |l: usize, s: usize| {
+            let at = 16 * l + 4 * s;
+            u32::from_le_bytes([q[at], q[at + 1], q[at + 2], q[at + 3]])
+        };
+        let mut steps = [[0u8; 64]; 3];
+        for l in 0..16 {
+            let last = word(l, 3);
+            for (k, step) in steps.iter_mut().enumerate() {
+                let top = (last >> (4 - 2 * k)) & 0x0303_0303;
+                step[4 * l..4 * l + 4].copy_from_slice(&(word(l, k) | top << 6).to_le_bytes());
             }
         }
         StepsQ6K {
-            q,
+            q: steps,
             scales: b.scales,
             d: b.d,
         }
@@ -424,13 +443,20 @@ unsafe impl Chunk for StepsQ6K {
         let b = &mut out[0];
         b.scales = self.scales;
         b.d = self.d;
-        for p in 0..64 {
-            let top = |k: usize| (self.q[k][p] >> 6) << (4 - 2 * k);
-            set_q6k_quant(b, q6k_step_element(3, p), top(0) | top(1) | top(2));
-            for k in 0..3 {
-                set_q6k_quant(b, q6k_step_element(k, p), self.q[k][p] & 0x3F);
+        let word = |k: usize, l: usize| {
+            let w = &self.q[k][4 * l..4 * l + 4];
+            u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+        };
+        let mut q = [0u8; 256];
+        for l in 0..16 {
+            let w = [word(0, l), word(1, l), word(2, l)];
+            let last = (0..3).fold(0, |acc, k| acc | (w[k] >> 6 & 0x0303_0303) << (4 - 2 * k));
+            for (s, v) in [w[0], w[1], w[2], last].into_iter().enumerate() {
+                let at = 16 * l + 4 * s;
+                q[at..at + 4].copy_from_slice(&(v & 0x3F3F_3F3F).to_le_bytes());
             }
         }
+        q6k_encode(&q, b);
     }
 }
 
@@ -685,7 +711,10 @@ fn unpack_group<C: Chunk>(src: &[u8], dst: &mut [u8], rows: usize) -> bool {
 pub struct Aligned<T>(pub T);
 
 const _: () = assert!(align_of::<Aligned<[[i8; 64]; 2]>>() == 64);
-const _: () = assert!(size_of::<Aligned<[[i8; 64]; 8]>>() == 512, "no padding between steps");
+const _: () = assert!(
+    size_of::<Aligned<[[i8; 64]; 8]>>() == 512,
+    "no padding between steps"
+);
 
 impl<T> std::ops::Deref for Aligned<T> {
     type Target = T;
