@@ -704,8 +704,9 @@ fn unpack_group<C: Chunk>(src: &[u8], dst: &mut [u8], rows: usize) -> bool {
 
 /// A value on cache lines of its own. Why: the kernels load activations 64 bytes at a time,
 /// and a load that straddles two lines takes two of L1's accesses; arrays of bytes come from
-/// the allocator 16-byte aligned, which put every such load across two lines (the default
-/// model's decoding, one thread: 1-2% of a token).
+/// the allocator 16-byte aligned, which put every such load across two lines (with the quads'
+/// steps at a 16-byte offset, the default model's gate and up rows read 6-13% slower on one
+/// thread).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Aligned<T>(pub T);
@@ -730,9 +731,7 @@ impl<T> std::ops::DerefMut for Aligned<T> {
 }
 
 /// Sixteen i32 lanes on a cache line of their own, so the kernels load them in one piece.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Lanes16(pub [i32; 16]);
+pub type Lanes16 = Aligned<[i32; 16]>;
 
 /// One token's activation blocks in chunk order: per chunk the low halves of its 4 blocks
 /// (elements 0..16 of each, 64 bytes), then the high halves; per block the scale `d`; per chunk
@@ -778,7 +777,7 @@ pub struct Q8KSteps {
 impl Q8KSteps {
     const ZERO: Q8KSteps = Q8KSteps {
         q: [[0; 64]; Q6K_STEPS],
-        start: Lanes16([0; 16]),
+        start: Aligned([0; 16]),
         d: 0.0,
     };
 
@@ -877,28 +876,39 @@ impl ActChunks {
 
     /// Quantizes `x` (whole `Q8_K` blocks of 256; a last partial block is dropped) as
     /// `Q8_K`, ggml's reference quantizer, reusing the buffer.
+    /// The blocks in steps too ([`q8k_steps`](Self::q8k_steps)).
     pub fn fill_q8k(&mut self, x: &[f32]) {
-        self.fill_q8k_with(x, |x, out| {
+        self.fill_q8k_with(x, true, |x, out| {
             crate::quants::quantize_row(GgmlType::Q8_K, x, out)
         });
     }
 
     /// [`fill_q8k`](Self::fill_q8k) through `quantize(values, row bytes)`: a faster
-    /// quantizer with the same results.
-    pub fn fill_q8k_with(&mut self, x: &[f32], quantize: impl FnOnce(&[f32], &mut [u8])) {
+    /// quantizer with the same results; the blocks in steps only if `steps` (only
+    /// [`StepsQ6K`] rows take them; without, [`q8k_steps`](Self::q8k_steps) is empty rather
+    /// than left over from an earlier token).
+    pub fn fill_q8k_with(
+        &mut self,
+        x: &[f32],
+        steps: bool,
+        quantize: impl FnOnce(&[f32], &mut [u8]),
+    ) {
         let n = x.len() / crate::types::QK_K * crate::types::QK_K;
         let bytes = GgmlType::Q8_K.row_bytes(n as u64).unwrap_or(0) as usize;
         self.q8k.resize(bytes, 0);
         quantize(&x[..n], &mut self.q8k);
         let blocks = as_blocks::<BlockQ8K>(&self.q8k).unwrap_or(&[]);
-        self.q8k_steps.resize(blocks.len(), Q8KSteps::ZERO);
-        for (steps, b) in self.q8k_steps.iter_mut().zip(blocks) {
-            steps.fill(b);
+        self.q8k_steps.clear();
+        if steps {
+            self.q8k_steps.resize(blocks.len(), Q8KSteps::ZERO);
+            for (steps, b) in self.q8k_steps.iter_mut().zip(blocks) {
+                steps.fill(b);
+            }
         }
     }
 
-    /// The `Q8_K` blocks in steps, for [`StepsQ6K`] rows (after [`fill_q8k`](Self::fill_q8k);
-    /// empty before).
+    /// The `Q8_K` blocks in steps, for [`StepsQ6K`] rows (after [`fill_q8k`](Self::fill_q8k),
+    /// or [`fill_q8k_with`](Self::fill_q8k_with) asked for them; empty otherwise).
     pub fn q8k_steps(&self) -> &[Q8KSteps] {
         &self.q8k_steps
     }

@@ -470,10 +470,15 @@ impl Backend for CpuBackend {
             self.act_chunks.fill_steps();
         }
         if q8k_ready {
-            // ggml's quantizer, as its K-quant dots use.
+            // ggml's quantizer, as its K-quant dots use; in steps too for chunked Q6_K rows
+            // (`chunks::StepsQ6K`), which are the chunked rows that take Q8_K.
+            let steps = jobs.iter().any(|j| {
+                let w = self.weight(j.weight);
+                w.is_chunked() && takes_q8k(w)
+            });
             let kernels = self.kernels;
             self.act_chunks
-                .fill_q8k_with(&xs[..cols], |x, out| kernels.quantize_q8k(x, out));
+                .fill_q8k_with(&xs[..cols], steps, |x, out| kernels.quantize_q8k(x, out));
         }
         let mut outs = [SharedMut(std::ptr::null_mut()); 4];
         for (i, j) in jobs.iter().enumerate() {

@@ -312,19 +312,8 @@ fn reduce16(v: &[__m512; 16]) -> __m512 {
             _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
         )
     });
-    // Within each lane: two partials each of rows from quads[2i] and quads[2i+1], alternating.
-    let pairs: [__m512; 2] = std::array::from_fn(|i| {
-        let (a, b) = (quads[2 * i], quads[2 * i + 1]);
-        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
-    });
-    let (a, b) = (_mm512_castps_pd(pairs[0]), _mm512_castps_pd(pairs[1]));
-    // Element 4l + k: the sum of row 4k + l.
-    let sums = _mm512_add_ps(
-        _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-        _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-    );
-    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_permutexvar_ps(order, sums)
+    // Each of `quads` is now a quad's accumulator (row 4i + l in lane l): the rest is shared.
+    reduce_quads(&quads)
 }
 
 #[inline]
